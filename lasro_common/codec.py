@@ -1,0 +1,131 @@
+"""Tensors on the wire: safetensors bodies, parsed by hand so decoding is zero-copy and every
+malformed body becomes a `MalformedBody` (never a 500, never pickle).
+
+Format (https://github.com/huggingface/safetensors): 8-byte little-endian header length N,
+N bytes of JSON header {name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}, data.
+Our metadata values are JSON-encoded (`"prompts": "[\"a red circle\"]"`); a value that is not
+valid JSON is kept as the plain string, so `metadata={"reward": "jpeg_compressibility"}` from
+`safetensors.torch.save` works too.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import MalformedBody
+
+_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class Decoded:
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def torch(self, name: str):
+        """The tensor `name` as a torch.Tensor sharing memory with the body (no copy)."""
+        import torch
+
+        arr = self.tensors[name]
+        # torch.from_numpy refuses read-only buffers silently only with a warning; copy those.
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    mod = type(value).__module__
+    if mod.startswith("torch"):
+        import torch
+
+        if value.dtype == torch.bfloat16:
+            raise ValueError("bfloat16 is not sent on the wire; call .float() or .half() first")
+        return value.detach().cpu().contiguous().numpy()
+    return np.asarray(value)
+
+
+def encode(tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> bytes:
+    """Serialise named tensors (numpy or torch) and JSON-able metadata to a safetensors body."""
+    arrays = {k: np.asarray(_as_numpy(v), order="C") for k, v in tensors.items()}
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {k: json.dumps(v) for k, v in metadata.items()}
+    offset = 0
+    for name, arr in arrays.items():
+        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        if dt not in _NAMES:
+            raise ValueError(f"tensor {name!r}: dtype {arr.dtype} is not supported on the wire")
+        header[name] = {"dtype": _NAMES[dt], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    hbytes = json.dumps(header, separators=(",", ":")).encode()
+    hbytes += b" " * (-len(hbytes) % 8)  # align the data section to 8 bytes
+    # One copy in all: join takes the arrays' buffers directly.
+    parts = [struct.pack("<Q", len(hbytes)), hbytes]
+    parts += [memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False)).cast("B") for a in arrays.values()]
+    return b"".join(parts)
+
+
+def decode(body: bytes | bytearray | memoryview) -> Decoded:
+    """Parse a safetensors body. Arrays are views into `body` (writable if `body` is a bytearray)."""
+    buf = memoryview(body)
+    if len(buf) < 8:
+        raise MalformedBody("safetensors body shorter than its 8-byte header length")
+    (hlen,) = struct.unpack_from("<Q", buf, 0)
+    if hlen > MAX_HEADER_BYTES or 8 + hlen > len(buf):
+        raise MalformedBody(f"safetensors header length {hlen} does not fit a {len(buf)}-byte body")
+    try:
+        header = json.loads(bytes(buf[8 : 8 + hlen]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MalformedBody(f"safetensors header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise MalformedBody("safetensors header must be a JSON object")
+    data = buf[8 + hlen :]
+    out = Decoded(metadata=_decode_metadata(header.pop("__metadata__", None) or {}))
+    for name, info in header.items():
+        out.tensors[name] = _view(name, info, data)
+    return out
+
+
+def _decode_metadata(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise MalformedBody("__metadata__ must map strings to strings")
+    meta: dict[str, Any] = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return meta
+
+
+def _view(name: str, info: Any, data: memoryview) -> np.ndarray:
+    try:
+        dtype = _DTYPES[info["dtype"]]
+        shape = [int(s) for s in info["shape"]]
+        start, end = (int(o) for o in info["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+        raise MalformedBody(
+            f"tensor {name!r}: needs dtype (one of {sorted(_DTYPES)}), shape and data_offsets"
+        ) from None
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if any(s < 0 for s in shape) or not 0 <= start <= end <= len(data):
+        raise MalformedBody(f"tensor {name!r}: data_offsets {start}..{end} outside the data section")
+    if end - start != count * dtype.itemsize:
+        raise MalformedBody(
+            f"tensor {name!r}: {end - start} bytes for shape {shape} of {info['dtype']} "
+            f"(expected {count * dtype.itemsize})"
+        )
+    return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(tuple(shape))

@@ -1,0 +1,112 @@
+"""The reward service: black-box image rewards over HTTP. `create_app(settings)`; thin routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+
+from lasro_common.batching import MicroBatcher
+from lasro_common.errors import WireError
+from lasro_common.server import (
+    Metrics,
+    RequestTimeout,
+    create_base_app,
+    make_auth,
+    media_type,
+    metrics_route,
+    read_body,
+)
+
+from . import __version__
+from .rewards import Reward, build
+from .rewards.remote import RemoteReward
+from .schemas import ERRORS, SCORE_OPENAPI, RewardInfo, ScoreResponse
+from .scoring import make_batch_fn, parse_request, score
+from .settings import RewardSettings
+
+log = logging.getLogger("reward_service")
+
+
+class RewardState:
+    """Rewards and their batchers; loaded off the event loop so /healthz answers meanwhile."""
+
+    def __init__(self, settings: RewardSettings, metrics: Metrics, rewards: list[Reward] | None = None):
+        self.settings, self.metrics = settings, metrics
+        self.rewards: dict[str, Reward] = {}
+        self.batchers: dict[str, MicroBatcher] = {}
+        self.preloaded = rewards
+        self.ready = threading.Event()
+        self.error: str | None = None
+
+    def load(self) -> None:
+        s = self.settings
+        try:
+            rewards = list(self.preloaded or [build(n, s.reward_options.get(n)) for n in s.rewards])
+            token = s.remote_token.get_secret_value() if s.remote_token else None
+            for item in s.remote:
+                name, _, url = item.partition("=")
+                rewards.append(RemoteReward(name, url, token=token, timeout=s.request_timeout_s))
+            for r in rewards:
+                r.setup(s.device)
+                self.rewards[r.name] = r
+                self.batchers[r.name] = MicroBatcher(
+                    make_batch_fn(r), max_batch_size=s.batch_max_size, max_wait_ms=s.batch_max_wait_ms,
+                    max_queue=s.max_queue, enabled=s.batching, on_batch=self.metrics.observe_batch(r.name),
+                    name=f"reward-{r.name}")
+            self.ready.set()
+            log.info("rewards ready: %s", ", ".join(self.rewards))
+        except Exception as e:  # reported by /readyz and the log; the process stays up to say so
+            self.error = f"{type(e).__name__}: {e}"
+            log.exception("loading rewards failed")
+
+    def require_ready(self) -> None:
+        if not self.ready.is_set():
+            raise WireError(f"rewards are not loaded yet{': ' + self.error if self.error else ''}",
+                            code="not_ready", status=503)
+
+
+def create_app(settings: RewardSettings | None = None, rewards: list[Reward] | None = None) -> FastAPI:
+    """Build the app. `rewards` overrides `settings.rewards` with ready-made instances (tests, embedding)."""
+    settings = settings or RewardSettings()
+    metrics = Metrics("reward")
+    state = RewardState(settings, metrics, rewards)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        loader = asyncio.create_task(asyncio.to_thread(state.load))
+        yield
+        await loader
+        for b in state.batchers.values():
+            b.close()
+
+    app = create_base_app(title="LaSRO reward service", version=__version__, settings=settings, metrics=metrics,
+                          ready=state.ready.is_set, description="Black-box image rewards: POST /score.")
+    app.router.lifespan_context = lifespan
+    app.state.rewards = state
+    auth = [Depends(make_auth(settings))]
+    metrics_route(app, metrics, make_auth(settings))
+
+    @app.get("/rewards", tags=["rewards"], summary="The rewards this service can compute.",
+             response_model=list[RewardInfo], responses=ERRORS, dependencies=auth)
+    async def list_rewards() -> list[dict]:
+        state.require_ready()
+        return [r.info() for r in state.rewards.values()]
+
+    @app.post("/score", tags=["rewards"], summary="Score a batch of images (+ prompts).",
+              response_model=ScoreResponse, openapi_extra=SCORE_OPENAPI, responses=ERRORS,
+              dependencies=auth)
+    async def score_images(request: Request) -> dict:
+        state.require_ready()
+        body = await read_body(request)
+        req = parse_request(media_type(request), body, state.rewards, next(iter(state.rewards), None),
+                            max_batch=settings.max_batch, max_side=settings.max_side)
+        try:
+            return await asyncio.wait_for(score(req, state.rewards, state.batchers), settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"scoring took longer than {settings.request_timeout_s} s") from None
+
+    return app

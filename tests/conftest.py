@@ -1,0 +1,52 @@
+"""Shared fixtures: real uvicorn servers in threads on free ports (httpx/starlette style)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+import uvicorn
+
+torch.set_num_threads(1)  # two cores shared by servers and clients in one process
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server that signals an Event once it is bound (no polling, no sleeps)."""
+
+    def __init__(self, config: uvicorn.Config):
+        super().__init__(config)
+        self.bound = threading.Event()
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        self.bound.set()
+
+    def install_signal_handlers(self) -> None:  # not the main thread
+        pass
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, *, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run `app` under a real uvicorn on a free port; yield its base URL."""
+    server = _Server(uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on",
+                                    http="httptools"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    if not server.bound.wait(30):
+        raise RuntimeError("uvicorn did not start within 30 s")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture
+def serve():
+    """serve(app) -> base URL; every server started is stopped at teardown."""
+    with contextlib.ExitStack() as stack:
+        yield lambda app: stack.enter_context(serve_in_thread(app))
