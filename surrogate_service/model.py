@@ -4,7 +4,7 @@ Backbone = the encoder half of the base model's own UNet2DConditionModel (conv_i
 embedding at a fixed timestep, SDXL added embeddings, down blocks, mid block), initialised with
 its weights; the decoder half is never kept. On top, one small CNN head per sampling depth
 (``heads["1"]`` for one-step outputs z1, ``heads["2"]`` for two-step outputs z2) sharing the
-backbone: one backbone copy instead of two (an SDXL encoder is ~1.3 B parameters) and both heads
+backbone: one backbone copy instead of two (an SDXL UNet encoder is roughly half of 2.6 B parameters) and both heads
 score the same latent space. See docs/surrogate-model.md for every choice made here.
 """
 
@@ -31,7 +31,9 @@ class UNetEncoder(nn.Module):
     """The UNet's down path. Submodule names match UNet2DConditionModel, so
     ``encoder.state_dict()`` keys are a subset of ``unet.state_dict()`` keys."""
 
-    def __init__(self, unet: UNet2DConditionModel, timestep: int, copy_modules: bool = True) -> None:
+    def __init__(
+        self, unet: UNet2DConditionModel, timestep: int, copy_modules: bool = True
+    ) -> None:
         super().__init__()
         cfg = unet.config
         if unet.class_embedding is not None:
@@ -63,7 +65,9 @@ class UNetEncoder(nn.Module):
         self.cross_attention_dim = int(
             cfg.encoder_hid_dim if unet.encoder_hid_proj is not None else cfg.cross_attention_dim
         )
-        self.num_downsamplings = sum(getattr(b, "downsamplers", None) is not None for b in self.down_blocks)
+        self.num_downsamplings = sum(
+            getattr(b, "downsamplers", None) is not None for b in self.down_blocks
+        )
         if self.is_sdxl:
             lin = self.add_embedding.linear_1
             self.pooled_dim = lin.in_features - 6 * int(cfg.addition_time_embed_dim)
@@ -147,13 +151,19 @@ class SurrogateReward(nn.Module):
         super().__init__()
         self.backbone = UNetEncoder(unet, timestep, copy_modules=copy_modules)
         c = self.backbone.out_channels
-        self.heads = nn.ModuleDict({str(k): make_head(c, head_channels, head_init_scale) for k in HEADS})
+        self.heads = nn.ModuleDict(
+            {str(k): make_head(c, head_channels, head_init_scale) for k in HEADS}
+        )
         self.heads.to(device=unet.device, dtype=unet.dtype)
         self.freeze_backbone = bool(freeze_backbone)
         self.backbone.requires_grad_(not self.freeze_backbone)
         # Everything a checkpoint needs to rebuild this module around a base model's UNet.
-        self.config = {"timestep": self.backbone.timestep, "head_channels": int(head_channels),
-                       "freeze_backbone": self.freeze_backbone, "heads": list(HEADS)}
+        self.config = {
+            "timestep": self.backbone.timestep,
+            "head_channels": int(head_channels),
+            "freeze_backbone": self.freeze_backbone,
+            "heads": list(HEADS),
+        }
 
     @property
     def dtype(self) -> torch.dtype:
@@ -177,24 +187,36 @@ class SurrogateReward(nn.Module):
         if not latents.is_floating_point():
             raise ValueError(f"latents must be floating point, got {latents.dtype}")
         if c != bb.in_channels:
-            raise ValueError(f"latents have {c} channels, the UNet expects in_channels={bb.in_channels}")
+            raise ValueError(
+                f"latents have {c} channels, the UNet expects in_channels={bb.in_channels}"
+            )
         f = 2**bb.num_downsamplings
         if h % f or w % f:
-            raise ValueError(f"latent size {h}x{w} must be divisible by {f} (2**{bb.num_downsamplings} down-samplings)")
+            raise ValueError(
+                f"latent size {h}x{w} must be divisible by {f} (2**{bb.num_downsamplings} down-samplings)"
+            )
         if not torch.isfinite(latents).all():
             raise ValueError("latents contain NaN or Inf")
         if not isinstance(cond, TextCond):
             raise ValueError(f"cond must be a TextCond, got {type(cond).__name__}")
         ehs = cond.encoder_hidden_states
         if ehs.ndim != 3 or ehs.shape[0] != b:
-            raise ValueError(f"got {len(cond)} prompts' embeddings (shape {tuple(ehs.shape)}) for a batch of {b} latents")
+            raise ValueError(
+                f"got {len(cond)} prompts' embeddings (shape {tuple(ehs.shape)}) for a batch of {b} latents"
+            )
         if ehs.shape[-1] != bb.cross_attention_dim:
-            raise ValueError(f"text embedding dim {ehs.shape[-1]} != UNet cross_attention_dim {bb.cross_attention_dim}")
+            raise ValueError(
+                f"text embedding dim {ehs.shape[-1]} != UNet cross_attention_dim {bb.cross_attention_dim}"
+            )
         if bb.is_sdxl:
             if cond.text_embeds is None or cond.time_ids is None:
-                raise ValueError("this SDXL-family UNet needs pooled text_embeds and time_ids in cond")
+                raise ValueError(
+                    "this SDXL-family UNet needs pooled text_embeds and time_ids in cond"
+                )
             if tuple(cond.text_embeds.shape) != (b, bb.pooled_dim):
-                raise ValueError(f"text_embeds shape {tuple(cond.text_embeds.shape)} != {(b, bb.pooled_dim)}")
+                raise ValueError(
+                    f"text_embeds shape {tuple(cond.text_embeds.shape)} != {(b, bb.pooled_dim)}"
+                )
             if tuple(cond.time_ids.shape) != (b, 6):
                 raise ValueError(f"time_ids shape {tuple(cond.time_ids.shape)} != {(b, 6)}")
 
@@ -246,12 +268,19 @@ def load_surrogate(
     so peak memory is one UNet) and lets the decoder half be garbage-collected."""
     base_model = str(base_model)
     unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", torch_dtype=dtype)
-    model = SurrogateReward(unet, timestep=timestep, head_channels=head_channels,
-                            freeze_backbone=freeze_backbone, copy_modules=False)
+    model = SurrogateReward(
+        unet,
+        timestep=timestep,
+        head_channels=head_channels,
+        freeze_backbone=freeze_backbone,
+        copy_modules=False,
+    )
     del unet
     model.to(device).eval()
     text = TextEncoderBundle(base_model, device=device, dtype=dtype, cache_size=cache_size)
     if text.hidden_dim != model.backbone.cross_attention_dim:
-        raise ValueError(f"text encoders give {text.hidden_dim}-dim embeddings, the UNet expects "
-                         f"{model.backbone.cross_attention_dim}")
+        raise ValueError(
+            f"text encoders give {text.hidden_dim}-dim embeddings, the UNet expects "
+            f"{model.backbone.cross_attention_dim}"
+        )
     return model, text

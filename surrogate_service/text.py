@@ -18,6 +18,7 @@ embedding never changes.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,9 @@ class TextCond:
     def __len__(self) -> int:
         return self.encoder_hidden_states.shape[0]
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextCond:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> TextCond:
         def mv(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device=device, dtype=dtype)
 
@@ -53,7 +56,9 @@ class TextCond:
         def pick(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[index]
 
-        return TextCond(pick(self.encoder_hidden_states), pick(self.text_embeds), pick(self.time_ids))
+        return TextCond(
+            pick(self.encoder_hidden_states), pick(self.text_embeds), pick(self.time_ids)
+        )
 
     index = select  # alias
 
@@ -69,31 +74,39 @@ class TextCond:
         )
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_pipeline_json(base_model: str, filename: str) -> dict | None:
+    """A JSON file of a pipeline (local folder or hub id, hub files via the local HF cache)."""
+    local = Path(base_model)
+    if local.is_dir():
+        path = local / filename
+        return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(base_model, filename)).read_text())
+    except Exception:  # missing file or no network: callers fall back to SD/SDXL defaults
+        return None
 
 
-def _vae_scale_factor(base_model: str) -> int:
-    """2**(len(vae block_out_channels)-1) from the folder's vae/config.json, else 8 (SD/SDXL)."""
-    cfg = _read_json(Path(base_model) / "vae" / "config.json")
+def vae_scale_factor_of(base_model: str) -> int:
+    """2**(len(vae block_out_channels)-1) from vae/config.json, else 8 (every SD/SDXL VAE)."""
+    cfg = read_pipeline_json(base_model, "vae/config.json")
     if cfg and cfg.get("block_out_channels"):
         return 2 ** (len(cfg["block_out_channels"]) - 1)
     return 8
 
 
 def _default_latent_size(base_model: str, vae_scale_factor: int) -> int:
-    cfg = _read_json(Path(base_model) / "unet" / "config.json")
+    cfg = read_pipeline_json(base_model, "unet/config.json")
     if cfg and isinstance(cfg.get("sample_size"), int):
         return cfg["sample_size"]
     return 1024 // vae_scale_factor  # SDXL default resolution
 
 
-def _is_local_subfolder(base_model: str, sub: str) -> bool | None:
-    """True/False for a local folder; None for a hub id (decided by model_index.json there)."""
-    root = Path(base_model)
-    if root.is_dir():
-        return (root / sub).is_dir()
-    return None
+def _has_component(index: dict | None, base_model: str, name: str) -> bool:
+    if index is not None:
+        return (index.get(name) or [None])[0] is not None
+    return (Path(base_model) / name).is_dir()
 
 
 class TextEncoderBundle:
@@ -118,15 +131,12 @@ class TextEncoderBundle:
         self.hits = 0
         self.misses = 0
         self.encoder_calls = 0  # batched forward passes through the text encoder(s)
+        self._lock = threading.Lock()  # the service may encode from several threads
 
-        has_2 = _is_local_subfolder(base_model, "text_encoder_2")
-        if has_2 is None:  # hub id: SDXL-family pipelines list text_encoder_2 in model_index.json
-            from huggingface_hub import hf_hub_download
-
-            index = json.loads(Path(hf_hub_download(base_model, "model_index.json")).read_text())
-            has_2 = index.get("text_encoder_2", [None])[0] is not None
-        self.is_sdxl = bool(has_2)
-        has_1 = _is_local_subfolder(base_model, "text_encoder") is not False
+        # SDXL-family pipelines list a text_encoder_2 in model_index.json.
+        index = read_pipeline_json(base_model, "model_index.json")
+        self.is_sdxl = _has_component(index, base_model, "text_encoder_2")
+        has_1 = _has_component(index, base_model, "text_encoder")
 
         # (tokenizer, encoder) pairs in pipeline order; SDXL refiner-style folders lack the first.
         self.tokenizers: list = []
@@ -138,7 +148,7 @@ class TextEncoderBundle:
         else:
             self._add(base_model, "tokenizer", "text_encoder", CLIPTextModel)
 
-        self.vae_scale_factor = vae_scale_factor or _vae_scale_factor(base_model)
+        self.vae_scale_factor = vae_scale_factor or vae_scale_factor_of(base_model)
         self.default_latent_size = _default_latent_size(base_model, self.vae_scale_factor)
 
     def _add(self, base_model: str, tok_sub: str, enc_sub: str, cls: type) -> None:
@@ -154,8 +164,13 @@ class TextEncoderBundle:
         return sum(e.config.hidden_size for e in self.encoders)
 
     def cache_info(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "size": len(self._cache),
-                "max_size": self.cache_size, "encoder_calls": self.encoder_calls}
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "size": len(self._cache),
+            "max_size": self.cache_size,
+            "encoder_calls": self.encoder_calls,
+        }
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -166,9 +181,14 @@ class TextEncoderBundle:
         self.encoder_calls += 1
         hidden: list[torch.Tensor] = []
         pooled = None
-        for tok, enc in zip(self.tokenizers, self.encoders):
-            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
-                      truncation=True, return_tensors="pt").input_ids.to(self.device)  # (n, L)
+        for tok, enc in zip(self.tokenizers, self.encoders, strict=True):
+            ids = tok(
+                prompts,
+                padding="max_length",
+                max_length=tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)  # (n, L)
             if self.is_sdxl:
                 out = enc(ids, output_hidden_states=True)
                 if isinstance(enc, CLIPTextModelWithProjection):
@@ -191,6 +211,16 @@ class TextEncoderBundle:
             raise ValueError("prompts must be a list of strings")
         if len(prompts) == 0:
             raise ValueError("prompts must not be empty")
+        with self._lock:
+            rows = self._lookup(list(prompts))
+        ehs = torch.stack([r[0] for r in rows])  # (B, L, D)
+        if not self.is_sdxl:
+            return TextCond(ehs)
+        size = latent_size or (self.default_latent_size, self.default_latent_size)
+        return TextCond(ehs, torch.stack([r[1] for r in rows]), self.time_ids(len(prompts), size))
+
+    def _lookup(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per-prompt ((L, D), (P,) | None) rows, encoding the distinct misses in one batch."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         # A miss is a distinct prompt that had to be encoded; every other row is a hit.
         self.hits += len(prompts) - len(missing)
@@ -210,10 +240,5 @@ class TextEncoderBundle:
         for p, v in fresh.items():
             self._cache[p] = v
         while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-
-        ehs = torch.stack([r[0] for r in rows])  # (B, L, D)
-        if not self.is_sdxl:
-            return TextCond(ehs)
-        size = latent_size or (self.default_latent_size, self.default_latent_size)
-        return TextCond(ehs, torch.stack([r[1] for r in rows]), self.time_ids(len(prompts), size))
+            self._cache.popitem(last=False)  # evict the least recently used
+        return rows

@@ -27,7 +27,10 @@ FAMILIES = ["sd", "sdxl"]
 @pytest.fixture(scope="session")
 def tiny_pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_pipelines")
-    return {"sd": build_tiny_sd_pipeline(root / "sd"), "sdxl": build_tiny_sdxl_pipeline(root / "sdxl")}
+    return {
+        "sd": build_tiny_sd_pipeline(root / "sd"),
+        "sdxl": build_tiny_sdxl_pipeline(root / "sdxl"),
+    }
 
 
 @pytest.fixture(params=FAMILIES)
@@ -63,8 +66,13 @@ def test_tiny_pipelines_load_and_generate(tiny_pipelines: dict[str, Path], famil
     expected = {"sd": LatentConsistencyModelPipeline, "sdxl": StableDiffusionXLPipeline}[family]
     assert isinstance(pipe, expected)
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(PROMPTS[:2], num_inference_steps=2, guidance_scale=1.0, output_type="pt",
-               generator=torch.Generator().manual_seed(0)).images
+    out = pipe(
+        PROMPTS[:2],
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert out.shape == (2, 3, 2 * LATENT_SIZE, 2 * LATENT_SIZE)
     assert torch.isfinite(out).all()
 
@@ -83,8 +91,12 @@ def test_text_encoding_matches_pipeline(tiny_pipelines: dict[str, Path], family:
         torch.testing.assert_close(cond.encoder_hidden_states, ref, rtol=0, atol=0)
         torch.testing.assert_close(cond.text_embeds, pooled, rtol=0, atol=0)
         size = (2 * LATENT_SIZE, 2 * LATENT_SIZE)
-        ids = pipe._get_add_time_ids(size, (0, 0), size, torch.float32, text_encoder_projection_dim=32)
+        ids = pipe._get_add_time_ids(
+            size, (0, 0), size, torch.float32, text_encoder_projection_dim=32
+        )
         torch.testing.assert_close(cond.time_ids, ids.expand(len(PROMPTS), 6))
+        wide = TextEncoderBundle(str(path)).encode(PROMPTS[:1], latent_size=(4, 6)).time_ids
+        assert wide.tolist() == [[8.0, 12.0, 0.0, 0.0, 8.0, 12.0]]  # latent size * vae factor 2
 
 
 def test_backbone_weights_equal_unet_at_init(path: Path, loaded) -> None:
@@ -94,9 +106,13 @@ def test_backbone_weights_equal_unet_at_init(path: Path, loaded) -> None:
     assert not any(k.startswith(("up_blocks", "conv_out", "conv_norm_out")) for k in bb_sd)
     for k, v in bb_sd.items():
         assert torch.equal(v, unet_sd[k]), k
-    expected = [k for k in unet_sd if k.split(".")[0] in {
-        "conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block"}
-        and ".cond_proj." not in k]
+    expected = [
+        k
+        for k in unet_sd
+        if k.split(".")[0]
+        in {"conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block"}
+        and ".cond_proj." not in k
+    ]
     assert sorted(bb_sd) == sorted(expected)
 
 
@@ -173,7 +189,9 @@ def test_half_precision_latents_get_grad_in_their_dtype(loaded) -> None:
     model, text = loaded
     randomise_heads(model)
     s, g = score_and_grad(model, latents(dtype=torch.bfloat16), text.encode(PROMPTS), head=1)
-    assert g.dtype == torch.bfloat16 and s.dtype == torch.float32 and torch.isfinite(g.float()).all()
+    assert (
+        g.dtype == torch.bfloat16 and s.dtype == torch.float32 and torch.isfinite(g.float()).all()
+    )
 
 
 def test_text_cache_hits(path: Path) -> None:
@@ -214,7 +232,12 @@ def _bad_inputs(model: SurrogateReward, cond: TextCond):
     yield z, bad_dim, 1, "cross_attention_dim"
     if cond.text_embeds is not None:
         yield z, TextCond(cond.encoder_hidden_states), 1, "text_embeds and time_ids"
-        yield z, TextCond(cond.encoder_hidden_states, cond.text_embeds, cond.time_ids[:, :5]), 1, "time_ids"
+        yield (
+            z,
+            TextCond(cond.encoder_hidden_states, cond.text_embeds, cond.time_ids[:, :5]),
+            1,
+            "time_ids",
+        )
 
 
 def test_invalid_inputs_raise_value_error(loaded) -> None:
