@@ -129,10 +129,9 @@ BAD = [
     ("broken JSON", lambda: (b"{not json", "application/json"), 400, "malformed_body"),
     ("JSON without images", lambda: (b'{"prompts": []}', "application/json"), 422, "invalid_input"),
     ("bad base64", lambda: (b'{"images": ["@@@"]}', "application/json"), 400, "invalid_image"),
-    ("undecodable image", lambda: (('{"images": ["%s"]}' % base64.b64encode(b"not a png").decode()).encode(),
+    ("undecodable image", lambda: (('{{"images": ["{}"]}}'.format(base64.b64encode(b"not a png").decode())).encode(),
                                    "application/json"), 422, "invalid_image"),
-    ("mixed sizes", lambda: (('{"images": ["%s", "%s"]}' % (_png_b64(np.zeros((8, 8, 3), np.uint8)),
-                                                          _png_b64(np.zeros((9, 8, 3), np.uint8)))).encode(),
+    ("mixed sizes", lambda: ((f'{{"images": ["{_png_b64(np.zeros((8, 8, 3), np.uint8))}", "{_png_b64(np.zeros((9, 8, 3), np.uint8))}"]}}').encode(),
                              "application/json"), 422, "invalid_shape"),
     ("empty batch", lambda: (b'{"images": []}', "application/json"), 422, "invalid_shape"),
 ]

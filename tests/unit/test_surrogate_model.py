@@ -221,6 +221,7 @@ def _bad_inputs(model: SurrogateReward, cond: TextCond):
     inf[1, 2, 3, 4] = float("inf")
     yield z, cond, 3, "head must be 1"
     yield z, cond, 0, "head must be 1"
+    yield z, cond, 1.0, "head must be 1"
     yield z[:, :3], cond, 1, "channels"
     yield torch.randn(3, 4, 7, 8), cond, 1, "divisible by 2"
     yield nan, cond, 1, "NaN or Inf"
