@@ -13,6 +13,7 @@ import httpx
 
 from . import PROTOCOL_HEADER, PROTOCOL_VERSION
 from .errors import ServiceError, ServiceUnavailable
+from .transport import FastTransport
 
 RETRY_STATUS = frozenset({429, 503})
 
@@ -59,7 +60,8 @@ class SyncClient(_Base):
 
     def __init__(self, base_url: str, **kw: Any):
         super().__init__(base_url, **kw)
-        self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
+        self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout,
+                                  transport=FastTransport())
 
     def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         delays = _delays(self.retries, self.backoff, self.max_backoff)

@@ -24,7 +24,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -49,6 +49,19 @@ class ServiceSettings(BaseSettings):
     batch_max_wait_ms: float = Field(5.0, ge=0, description="How long the first request waits for company.")
     max_queue: int = Field(512, ge=1, description="Requests waiting beyond this get 429.")
     log_level: str = Field("info", description="Python logging level.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: {"error": {"code": ..., "message": ...}}."""
+
+    class Detail(BaseModel):
+        code: str
+        message: str
+
+    error: Detail
+
+
+ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 429, 503, 504)}
 
 
 class RequestTimeout(WireError):

@@ -12,6 +12,9 @@ from fastapi import Depends, FastAPI, Request
 from lasro_common.batching import MicroBatcher
 from lasro_common.errors import WireError
 from lasro_common.server import (
+    ERROR_RESPONSES as ERRORS,
+)
+from lasro_common.server import (
     Metrics,
     RequestTimeout,
     create_base_app,
@@ -24,7 +27,7 @@ from lasro_common.server import (
 from . import __version__
 from .rewards import Reward, build
 from .rewards.remote import RemoteReward
-from .schemas import ERRORS, SCORE_OPENAPI, RewardInfo, ScoreResponse
+from .schemas import SCORE_OPENAPI, RewardInfo, ScoreResponse
 from .scoring import make_batch_fn, parse_request, score
 from .settings import RewardSettings
 

@@ -32,14 +32,6 @@ class RewardInfo(BaseModel):
     version: str
 
 
-class ErrorBody(BaseModel):
-    class Detail(BaseModel):
-        code: str
-        message: str
-
-    error: Detail
-
-
 SCORE_OPENAPI = {
     "requestBody": {
         "required": True,
@@ -52,4 +44,3 @@ SCORE_OPENAPI = {
         },
     }
 }
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 429, 503, 504)}

@@ -4,8 +4,9 @@ Backbone = the encoder half of the base model's own UNet2DConditionModel (conv_i
 embedding at a fixed timestep, SDXL added embeddings, down blocks, mid block), initialised with
 its weights; the decoder half is never kept. On top, one small CNN head per sampling depth
 (``heads["1"]`` for one-step outputs z1, ``heads["2"]`` for two-step outputs z2) sharing the
-backbone: one backbone copy instead of two (an SDXL UNet encoder is roughly half of 2.6 B parameters) and both heads
-score the same latent space. See docs/surrogate-model.md for every choice made here.
+backbone: one backbone copy instead of two (an SDXL UNet encoder is roughly half of the 2.6 B
+UNet parameters) and both heads score the same latent space. See docs/surrogate-model.md for
+every choice made here.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class SurrogateReward(nn.Module):
     def validate(self, latents: torch.Tensor, cond: TextCond, head: int) -> None:
         """Raise ValueError with a clear message on any malformed input."""
         bb = self.backbone
-        if isinstance(head, bool) or head not in HEADS:
+        if not isinstance(head, int) or isinstance(head, bool) or head not in HEADS:
             raise ValueError(f"head must be 1 (one-step) or 2 (two-step), got {head!r}")
         if not isinstance(latents, torch.Tensor) or latents.ndim != 4:
             shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,3 +51,12 @@ def serve():
     """serve(app) -> base URL; every server started is stopped at teardown."""
     with contextlib.ExitStack() as stack:
         yield lambda app: stack.enter_context(serve_in_thread(app))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random SD- and SDXL-architecture pipelines, saved once per session."""
+    from tests.tiny_models import build_tiny_sd_pipeline, build_tiny_sdxl_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_pipelines")
+    return {"sd": build_tiny_sd_pipeline(root / "sd"), "sdxl": build_tiny_sdxl_pipeline(root / "sdxl")}

@@ -17,20 +17,11 @@ from diffusers import (
 
 from surrogate_service.model import SurrogateReward, load_surrogate, score, score_and_grad
 from surrogate_service.text import TextCond, TextEncoderBundle
-from tests.tiny_models import LATENT_SIZE, build_tiny_sd_pipeline, build_tiny_sdxl_pipeline
+from tests.tiny_models import LATENT_SIZE
 
 torch.set_num_threads(1)
 PROMPTS = ["a red circle", "a blue square and a green triangle", "a cat"]
 FAMILIES = ["sd", "sdxl"]
-
-
-@pytest.fixture(scope="session")
-def tiny_pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_pipelines")
-    return {
-        "sd": build_tiny_sd_pipeline(root / "sd"),
-        "sdxl": build_tiny_sdxl_pipeline(root / "sdxl"),
-    }
 
 
 @pytest.fixture(params=FAMILIES)

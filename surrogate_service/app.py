@@ -1,0 +1,144 @@
+"""The surrogate service: R_psi over HTTP (/score, /grad) plus the online learner.
+`create_app(settings)`; thin routes."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import Depends, FastAPI, Request
+
+from lasro_common import redis_util
+from lasro_common.batching import MicroBatcher
+from lasro_common.errors import WireError
+from lasro_common.server import ERROR_RESPONSES as ERRORS
+from lasro_common.server import (
+    Metrics,
+    RequestTimeout,
+    create_base_app,
+    make_auth,
+    metrics_route,
+    read_tensors,
+    tensor_response,
+)
+
+from . import __version__
+from .model import load_surrogate
+from .schemas import LATENT_OPENAPI, ScoreResponse, StatusResponse
+from .serving import make_batch_fn, parse
+from .settings import SurrogateSettings
+from .slot import ModelSlot
+
+log = logging.getLogger("surrogate_service")
+
+
+class SurrogateState:
+    """Model, text encoders, slot, batchers and learner; loaded off the event loop."""
+
+    def __init__(self, settings: SurrogateSettings, metrics: Metrics):
+        self.settings, self.metrics = settings, metrics
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self.learner: Any = None
+        self.slot: ModelSlot | None = None
+
+    def load(self) -> None:
+        s = self.settings
+        try:
+            model, self.text = load_surrogate(s.base_model, device=s.device, dtype=getattr(torch, s.dtype),
+                                              timestep=s.timestep, head_channels=s.head_channels,
+                                              freeze_backbone=s.freeze_backbone)
+            self.in_channels = model.backbone.conv_in.in_channels
+            self.multiple = 2 ** sum(1 for b in model.backbone.down_blocks if getattr(b, "downsamplers", None))
+            self.slot = ModelSlot(copy.deepcopy(model), 0)
+            if s.learn:
+                from .learner import Learner
+
+                self.learner = Learner(model, self.text, self.slot, s,
+                                       lambda: redis_util.connect(s.redis_url, db_dir=s.redis_dir))
+                self.learner.restore()
+                self.learner.start()
+            kw = dict(max_batch_size=s.batch_max_size, max_wait_ms=s.batch_max_wait_ms, max_queue=s.max_queue,
+                      enabled=s.batching)
+            self.grad = MicroBatcher(make_batch_fn(self.slot, self.text, with_grad=True),
+                                     on_batch=self.metrics.observe_batch("grad"), name="grad", **kw)
+            self.score = MicroBatcher(make_batch_fn(self.slot, self.text, with_grad=False),
+                                      on_batch=self.metrics.observe_batch("score"), name="score", **kw)
+            self.ready.set()
+            log.info("surrogate ready: %s (version %d)", s.base_model, self.slot.version)
+        except Exception as e:  # reported by /readyz; the process stays up to say so
+            self.error = f"{type(e).__name__}: {e}"
+            log.exception("loading the surrogate failed")
+
+    def close(self) -> None:
+        if self.learner is not None:
+            self.learner.stop()  # writes the final checkpoint (SIGTERM lands here)
+        for b in (getattr(self, "grad", None), getattr(self, "score", None)):
+            if b is not None:
+                b.close()
+
+    def require_ready(self) -> None:
+        if not self.ready.is_set():
+            raise WireError(f"the surrogate is not loaded yet{': ' + self.error if self.error else ''}",
+                            code="not_ready", status=503)
+
+    async def request(self, request: Request, batcher_name: str):
+        self.require_ready()
+        s = self.settings
+        req = parse(await read_tensors(request), in_channels=self.in_channels, multiple=self.multiple,
+                    max_batch=s.max_batch, max_side=s.max_latent_side)
+        batcher: MicroBatcher = getattr(self, batcher_name)
+        try:
+            return await asyncio.wait_for(batcher.submit(req, size=req.latents.shape[0], key=req.key),
+                                          s.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"the surrogate took longer than {s.request_timeout_s} s") from None
+
+
+def create_app(settings: SurrogateSettings | None = None) -> FastAPI:
+    settings = settings or SurrogateSettings()
+    metrics = Metrics("surrogate")
+    state = SurrogateState(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        loader = asyncio.create_task(asyncio.to_thread(state.load))
+        yield
+        await loader
+        await asyncio.to_thread(state.close)
+
+    app = create_base_app(title="LaSRO surrogate service", version=__version__, settings=settings, metrics=metrics,
+                          ready=state.ready.is_set,
+                          description="R_psi, a latent-space surrogate reward: scores and dR/dz for latents.")
+    app.router.lifespan_context = lifespan
+    app.state.surrogate = state
+    auth = [Depends(make_auth(settings))]
+    metrics_route(app, metrics, make_auth(settings))
+
+    @app.post("/grad", tags=["surrogate"], summary="Scores and d score / d latents (safetensors in and out).",
+              openapi_extra=LATENT_OPENAPI, responses={**ERRORS, 200: {"content": {"application/x-safetensors": {}}}},
+              dependencies=auth)
+    async def grad(request: Request):
+        scores, g, version = await state.request(request, "grad")
+        return tensor_response({"scores": scores, "grad": g}, {"version": version})
+
+    @app.post("/score", tags=["surrogate"], summary="Scores for a batch of latents.", response_model=ScoreResponse,
+              openapi_extra=LATENT_OPENAPI, responses=ERRORS, dependencies=auth)
+    async def score(request: Request) -> dict:
+        scores, _, version = await state.request(request, "score")
+        return {"scores": scores.tolist(), "version": version}
+
+    @app.get("/status", tags=["surrogate"], summary="Version, buffer, updates, held-out pair accuracy, stream lag.",
+             response_model=StatusResponse, responses=ERRORS, dependencies=auth)
+    async def status() -> dict:
+        state.require_ready()
+        learner = state.learner.status() if state.learner is not None else None
+        return {"version": state.slot.version, "base_model": settings.base_model, "learning": learner is not None,
+                "learner": learner}
+
+    return app
