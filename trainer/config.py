@@ -1,0 +1,111 @@
+"""One typed config for every trainer command. Each field has a one-line help, becomes a CLI
+flag (`--n-noises 4`), can come from the environment (TRAINER_N_NOISES=4), and is validated
+before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _toy(name: str) -> str:
+    from toyworld import paths
+
+    return str(getattr(paths, name))
+
+
+class TrainConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINER_", frozen=True)
+
+    # --- model ---
+    base_model: str = Field(default_factory=lambda: _toy("LCM_DIR"), description="LCM-family pipeline: hub id or local diffusers folder.")
+    teacher_model: str | None = Field(default_factory=lambda: _toy("TEACHER_DIR"), description="Teacher pipeline for the lcm regulariser.")
+    device: str = Field("cpu", description="Torch device.")
+    mixed_precision: str = Field("no", description="no | fp16 | bf16 (autocast on GPU).")
+    lora_rank: int = Field(0, ge=0, description="LoRA rank; 0 = full fine-tuning.")
+    guidance_scale: float = Field(8.0, ge=1.0, description="w of the LCM guidance embedding (w_embedding of guidance_scale − 1).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the UNet.")
+    # --- services ---
+    reward_url: str = Field("http://127.0.0.1:8100", description="Reward service base URL.")
+    reward: str = Field("toy_attribute_binding", description="True reward name (or a JSON object of name -> weight).")
+    reward_token: str | None = Field(None, description="Bearer token of the reward service.")
+    surrogate_url: str = Field("http://127.0.0.1:8200", description="Surrogate service base URL.")
+    surrogate_token: str | None = Field(None, description="Bearer token of the surrogate service.")
+    redis_url: str | None = Field(None, description="Redis of the surrogate's sample-group stream (required to adapt).")
+    stream: str = Field("lasro:groups", description="Redis stream name (same as the surrogate's).")
+    service_retries: int = Field(6, ge=0, description="Retries (with backoff) before a service counts as gone.")
+    # --- prompts ---
+    prompts: Path | None = Field(None, description="Text file, one training prompt per line; default: toy captions.")
+    eval_prompts: Path | None = Field(None, description="Text file of held-out prompts; default: toy held-out captions.")
+    eval_seeds: int = Field(2, ge=1, description="Fixed noises per held-out prompt.")
+    # --- the LaSRO loop ---
+    iterations: int = Field(200, ge=0, description="Generator updates.")
+    prompts_per_iter: int = Field(8, ge=1, description="Distinct prompts per iteration.")
+    n_noises: int = Field(4, ge=2, description="N_s: initial noises per prompt (off-policy exploration; group size).")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate of the generator.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping of the generator.")
+    c: float = Field(1.0, ge=0, description="Weight c of the regulariser.")
+    c1: float = Field(1.0, ge=0, description="Weight c1 of the one-step surrogate term.")
+    c2: float = Field(1.0, ge=0, description="Weight c2 of the two-step surrogate term.")
+    regularizer: str = Field("lcm", description="lcm | anchor | none.")
+    normalizer: str = Field("ema_norm", description="S: ema_norm | max_norm | none (see trainer/normalize.py).")
+    norm_clip: float = Field(3.0, gt=0, description="S clips per-sample gradient norms above clip × running mean.")
+    adapt_every: int = Field(1, ge=1, description="Every k iterations, score fresh samples and feed the surrogate.")
+    eval_every: int = Field(25, ge=1, description="Evaluate on held-out prompts every M iterations.")
+    checkpoint_every: int = Field(50, ge=1, description="Checkpoint every this many iterations.")
+    # --- pretrain ---
+    pretrain_groups: int = Field(256, ge=0, description="Budget of sample groups (prompt × step) for pretraining.")
+    pretrain_accuracy: float = Field(0.75, ge=0.5, le=1.0, description="Stop pretraining at this held-out pair accuracy.")
+    # --- outputs ---
+    out: Path = Field(Path("runs/train"), description="Output folder: checkpoints, TensorBoard, metrics, grids, report.")
+    resume: bool = Field(False, description="Resume from out/checkpoint if present.")
+    seed: int = Field(0, description="Seed of prompts, noises and data.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        from .normalize import KINDS as NORMS
+        from .regularizers import KINDS as REGS
+
+        if self.regularizer not in REGS:
+            raise ValueError(f"regularizer must be one of {REGS}, got {self.regularizer!r}")
+        if self.normalizer not in NORMS:
+            raise ValueError(f"normalizer must be one of {NORMS}, got {self.normalizer!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.mixed_precision != "no" and self.device == "cpu":
+            raise ValueError("mixed_precision needs a GPU; use --mixed-precision no on the CPU")
+        for f in ("prompts", "eval_prompts"):
+            p = getattr(self, f)
+            if p is not None and not p.is_file():
+                raise ValueError(f"{f}: {p} is not a file (one prompt per line)")
+        for u in ("reward_url", "surrogate_url"):
+            if not getattr(self, u).startswith(("http://", "https://")):
+                raise ValueError(f"{u} must start with http:// or https://")
+        return self
+
+
+def add_arguments(parser: argparse.ArgumentParser, model: type[BaseSettings]) -> None:
+    """One --flag per field, with the field's description as help."""
+    for name, field in model.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        ann = field.annotation
+        args = typing.get_args(ann) if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union else ()
+        base = next((a for a in args if a is not type(None)), ann)
+        help_ = field.description or ""
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            parser.add_argument(flag, type=str if base in (str, Path) else base, default=None, help=help_,
+                                metavar=name.upper())
+
+
+def from_args(model: type[BaseSettings], ns: argparse.Namespace, **extra):
+    values = {k: v for k, v in vars(ns).items() if k in model.model_fields and v is not None}
+    return model(**{**values, **extra})

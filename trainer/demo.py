@@ -1,0 +1,99 @@
+"""`make demo` / `python -m trainer demo`: the whole system on the toy world, on a CPU.
+
+Starts a private redis-server, the reward service and the surrogate service (real processes,
+real HTTP), pre-trains the surrogate, fine-tunes the toy LCM with LaSRO, and writes a report:
+runs/demo/report.html, runs/demo/summary.json, TensorBoard logs in runs/demo/train/tb.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from lasro_common import redis_util
+
+from .config import TrainConfig
+from .loop import train
+from .pretrain import pretrain
+
+# Demo-sized settings of the surrogate learner (see surrogate_service/settings.py for each).
+SURROGATE_ENV = {"SURROGATE_LR": "3e-4", "SURROGATE_UPDATES_PER_GROUP": "1", "SURROGATE_PUBLISH_EVERY": "5",
+                 "SURROGATE_PAIRS_PER_UPDATE": "64", "SURROGATE_CHECKPOINT_EVERY_S": "60",
+                 "SURROGATE_HEAD_CHANNELS": "64", "SURROGATE_HOLDOUT_FRACTION": "0.1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def service(args: list[str], url: str, log_path: Path, env: dict[str, str], timeout: float = 300) -> Iterator[str]:
+    """Run `python -m <service>` until the block ends; yield its URL once /readyz says ready."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env})
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{args[0]} exited with {proc.returncode}; see {log_path}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{args[0]} not ready after {timeout} s; see {log_path}")
+                time.sleep(0.2)  # waiting on another process's port
+            yield url
+        finally:
+            proc.send_signal(signal.SIGTERM)  # the surrogate checkpoints on SIGTERM
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def demo(out: Path, reward: str = "toy_attribute_binding", overrides: dict | None = None) -> dict:
+    t0 = time.perf_counter()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    redis_url = redis_util.embedded_redis_url(out / "redis")
+    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    rport, sport = _free_port(), _free_port()
+    with service(["reward_service", "--port", str(rport), "--reward", "toy_attribute_binding",
+                  "--reward", "jpeg_compressibility"], f"http://127.0.0.1:{rport}", out / "logs/reward.log", threads), \
+         service(["surrogate_service", "--port", str(sport), "--redis-url", redis_url,
+                  "--checkpoint-dir", str(out / "surrogate")], f"http://127.0.0.1:{sport}",
+                 out / "logs/surrogate.log", {**threads, **SURROGATE_ENV}):
+        cfg = TrainConfig(**{"reward_url": f"http://127.0.0.1:{rport}", "surrogate_url": f"http://127.0.0.1:{sport}",
+                             "redis_url": redis_url, "reward": reward, "out": out / "train",
+                             **DEMO_DEFAULTS, **(overrides or {})})
+        pre = pretrain(cfg)
+        summary = train(cfg)
+    summary = {"reward": reward, "before": summary["before"], "after": summary["after"],
+               "before_std": summary["before_std"], "after_std": summary["after_std"],
+               "queries": summary["queries"] + pre["queries"], "queries_pretrain": pre["queries"],
+               "queries_finetune": summary["queries"], "eval_queries": summary["eval_queries"],
+               "pretrain": pre, "blocked_fraction": summary["blocked_fraction"],
+               "iterations": summary["iterations"], "wall_s": time.perf_counter() - t0}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    shutil.copy(out / "train" / "report.html", out / "report.html")
+    return summary
+
+
+DEMO_DEFAULTS: dict = {"iterations": 120, "prompts_per_iter": 8, "n_noises": 4, "lr": 1e-5, "eval_every": 20,
+                       "checkpoint_every": 40, "pretrain_groups": 192, "pretrain_accuracy": 0.8}

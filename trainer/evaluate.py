@@ -1,0 +1,58 @@
+"""Held-out evaluation with fixed prompts and seeds: true reward and surrogate score of the
+one-step (z1) and two-step (z2) outputs, side by side so reward hacking shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from reward_service.client import RewardClient
+from surrogate_service.client import SurrogateClient
+
+from .adapt import reward_spec
+from .fewstep import FewStepModel
+
+
+@dataclass
+class EvalResult:
+    true: dict[str, np.ndarray]  # "1step"/"2step" -> (P·S,) true rewards
+    surrogate: dict[str, np.ndarray] | None
+    images: dict[str, torch.Tensor]  # "1step"/"2step" -> (P·S, 3, H, W)
+    prompts: list[str]
+    queries: int
+
+    def summary(self) -> dict[str, float]:
+        out = {}
+        for k, v in self.true.items():
+            per_prompt = v.reshape(len(self.prompts), -1).mean(1)
+            out[f"true_{k}"], out[f"true_{k}_std"] = float(v.mean()), float(per_prompt.std())
+        for k, v in (self.surrogate or {}).items():
+            out[f"surrogate_{k}"] = float(v.mean())
+        return out
+
+
+@torch.no_grad()
+def evaluate(model: FewStepModel, prompts: list[str], seeds: int, rewards: RewardClient, reward: str,
+             surrogate: SurrogateClient | None = None, batch: int = 64) -> EvalResult:
+    """Prompt i, seed j uses noise from Generator(1000 * j + i): the same at every evaluation."""
+    model.unet.eval()
+    reps = [p for p in prompts for _ in range(seeds)]
+    z1s, z2s = [], []
+    for start in range(0, len(reps), batch):
+        chunk = reps[start : start + batch]
+        idx = range(start, start + len(chunk))
+        z_t = torch.cat([model.noise(1, torch.Generator().manual_seed(1000 * (k % seeds) + k // seeds)) for k in idx])
+        s = model.sample(z_t, model.encode(chunk), torch.Generator().manual_seed(start))
+        z1s.append(s.z1.float())
+        z2s.append(s.z2.float())
+    model.unet.train()
+    z = {"1step": torch.cat(z1s), "2step": torch.cat(z2s)}
+    images = {k: model.decode(v) for k, v in z.items()}
+    spec = reward_spec(reward)
+    true = {k: rewards.score(images[k], reps, reward=spec).scores for k in z}
+    sur = None
+    if surrogate is not None:
+        sur = {k: surrogate.score(z[k].cpu(), reps, head=h)[0].numpy() for h, k in ((1, "1step"), (2, "2step"))}
+    return EvalResult(true, sur, images, prompts, queries=2 * len(reps))

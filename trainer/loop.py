@@ -1,0 +1,169 @@
+"""`python -m trainer train`: the LaSRO loop (arXiv 2411.15247), top to bottom.
+
+Per iteration: P prompts × N_s noises → two-step samples with gradients → dR/dz from the
+surrogate service for z1 (head 1) and z2 (head 2) → L = c·L_reg − c1·⟨S(g1), z1⟩ − c2·⟨S(g2), z2⟩
+→ one AdamW step on θ. Every k iterations the same (detached) samples are decoded and scored by
+the true reward in the background and go to the surrogate's Redis stream (online adaptation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from tqdm.auto import trange
+
+from lasro_common import redis_util
+from lasro_common.errors import ServiceError
+from reward_service.client import RewardClient
+from surrogate_service.client import SurrogateClient
+
+from . import checkpoint, regularizers
+from .adapt import AdaptPipe
+from .config import TrainConfig
+from .evaluate import evaluate
+from .fewstep import FewStepModel
+from .normalize import GradNormalizer
+from .prompts import eval_prompts, train_prompts
+from .report import RunLog, save_grid
+
+log = logging.getLogger("trainer")
+
+
+class ServiceGone(SystemExit):
+    """A service stayed unreachable through every retry; the run was checkpointed first."""
+
+
+def train(cfg: TrainConfig) -> dict:
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    run = RunLog(cfg.out, cfg)
+    model = FewStepModel(cfg.base_model, device=cfg.device, lora_rank=cfg.lora_rank,
+                         guidance_scale=cfg.guidance_scale, gradient_checkpointing=cfg.gradient_checkpointing)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    reg = regularizers.build(cfg.regularizer, model, teacher_model=cfg.teacher_model,
+                             batch=cfg.prompts_per_iter * cfg.n_noises, seed=cfg.seed)
+    norm1, norm2 = (GradNormalizer(cfg.normalizer, clip=cfg.norm_clip) for _ in range(2))
+    rewards = RewardClient(cfg.reward_url, token=cfg.reward_token, retries=cfg.service_retries)
+    surrogate = SurrogateClient(cfg.surrogate_url, token=cfg.surrogate_token, retries=cfg.service_retries)
+    if not cfg.redis_url:
+        raise ValueError("--redis-url is required: the Redis the surrogate service consumes from")
+    adapt = AdaptPipe(model, rewards, redis_util.connect(cfg.redis_url), stream=cfg.stream, reward=cfg.reward)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    state = {"iteration": 0, "queries": 0, "eval_queries": 0, "blocked_s": 0.0, "loop_s": 0.0, "before": None}
+
+    ckpt = cfg.out / "checkpoint"
+    if cfg.resume and checkpoint.exists(ckpt):
+        state, extra = checkpoint.load(ckpt, unet=model.unet, optimizer=opt)
+        norm1.load_state_dict(extra["norm1"])
+        norm2.load_state_dict(extra["norm2"])
+        reg.load_state_dict(extra.get("reg", {}))
+        gen.set_state(extra["generator"])
+        torch.set_rng_state(extra["torch_rng"])
+        adapt.queries = state["queries"]
+        log.info("resumed from %s at iteration %d", ckpt, state["iteration"])
+
+    prompt_stream = train_prompts(cfg.prompts, cfg.seed)
+    for _ in range(state["iteration"] * cfg.prompts_per_iter):  # the same prompts as an unbroken run
+        next(prompt_stream)
+    held_out = eval_prompts(cfg.eval_prompts)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grad")
+
+    def save_checkpoint() -> None:
+        state["queries"] = adapt.queries
+        checkpoint.save(ckpt, unet=model.unet, lora=cfg.lora_rank > 0, optimizer=opt, state=state,
+                        extra={"norm1": norm1.state_dict(), "norm2": norm2.state_dict(), "reg": reg.state_dict(),
+                               "generator": gen.get_state(), "torch_rng": torch.get_rng_state()})
+
+    def run_eval(it: int) -> dict:
+        ev = evaluate(model, held_out, cfg.eval_seeds, rewards, cfg.reward, surrogate)
+        state["eval_queries"] += ev.queries
+        summary = {"iteration": it, **ev.summary()}
+        run.eval(it, summary, ev)
+        return summary
+
+    try:
+        if state["before"] is None:
+            state["before"] = run_eval(state["iteration"])
+        bar = trange(state["iteration"], cfg.iterations, desc="lasro", disable=not cfg.progress,
+                     initial=state["iteration"], total=cfg.iterations)
+        for it in bar:
+            t_it = time.perf_counter()
+            prompts = [next(prompt_stream) for _ in range(cfg.prompts_per_iter)]  # P
+            reps = [p for p in prompts for _ in range(cfg.n_noises)]  # B = P·N_s, N_s noises per prompt
+            cond = model.encode(reps)
+            z_t = model.noise(len(reps), gen)  # (B, C, h, w): off-policy exploration around each prompt
+            s = model.sample(z_t, cond, gen)  # z1, z2 (B, C, h, w), differentiable in θ
+
+            # dR/dz from the surrogate for both outputs, fetched while the regulariser computes
+            f1 = pool.submit(surrogate.grad, s.z1.detach().float().cpu(), reps, 1)
+            f2 = pool.submit(surrogate.grad, s.z2.detach().float().cpu(), reps, 2)
+            l_reg = reg.loss(s, cond, gen) if cfg.c > 0 else torch.zeros(())
+            t_wait = time.perf_counter()
+            r1, r2 = f1.result(), f2.result()
+            state["blocked_s"] += time.perf_counter() - t_wait
+            g1 = norm1(r1.grad.to(model.device))  # S(g1) (B, C, h, w)
+            g2 = norm2(r2.grad.to(model.device))  # S(g2)
+
+            # L = c·L_lcm − c1·⟨S(g1), z1⟩ − c2·⟨S(g2), z2⟩  (LaSRO's fine-tuning loss; ⟨·,·⟩ averaged over B)
+            b = len(reps)
+            l_r1 = -(g1 * s.z1).sum() / b
+            l_r2 = -(g2 * s.z2).sum() / b
+            loss = cfg.c * l_reg + cfg.c1 * l_r1 + cfg.c2 * l_r2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.max_grad_norm)
+            opt.step()
+            reg.after_step()
+
+            if (it + 1) % cfg.adapt_every == 0:  # fresh true rewards for the surrogate, in the background
+                t_wait = time.perf_counter()
+                adapt.submit(s.z1.detach(), s.z2.detach(), prompts, cfg.n_noises, it + 1)
+                state["blocked_s"] += time.perf_counter() - t_wait
+            state["iteration"] = it + 1
+            state["loop_s"] += time.perf_counter() - t_it
+            row = {"iteration": it + 1, "loss": float(loss), "l_reg": float(l_reg), "l_r1": float(l_r1),
+                   "l_r2": float(l_r2), "surrogate_1step_train": float(r1.scores.mean()),
+                   "surrogate_2step_train": float(r2.scores.mean()), "surrogate_version": r2.version,
+                   "grad_norm": float(grad_norm), "queries": adapt.queries, "groups": adapt.groups}
+            run.train(it + 1, row)
+            bar.set_postfix(loss=f"{float(loss):.3f}", v=r2.version, q=adapt.queries)
+            if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations:
+                adapt.drain()
+                run_eval(it + 1)
+            if (it + 1) % cfg.checkpoint_every == 0:
+                save_checkpoint()
+        adapt.drain()
+    except ServiceError as e:
+        save_checkpoint()
+        raise ServiceGone(f"stopping cleanly: {e}. Checkpoint saved to {ckpt}; run again with --resume") from e
+    except KeyboardInterrupt:
+        save_checkpoint()
+        raise
+    finally:
+        pool.shutdown(wait=False)
+        adapt.close()
+    state["queries"] = adapt.queries
+    save_checkpoint()
+    after = run.last_eval
+    summary = {
+        "reward": cfg.reward,
+        "before": {"1step": state["before"]["true_1step"], "2step": state["before"]["true_2step"]},
+        "after": {"1step": after["true_1step"], "2step": after["true_2step"]},
+        "before_std": {"1step": state["before"]["true_1step_std"], "2step": state["before"]["true_2step_std"]},
+        "after_std": {"1step": after["true_1step_std"], "2step": after["true_2step_std"]},
+        "queries": state["queries"],
+        "eval_queries": state["eval_queries"],
+        "iterations": state["iteration"],
+        "blocked_fraction": state["blocked_s"] / max(state["loop_s"], 1e-9),
+        "wall_s": time.perf_counter() - t_start,
+    }
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    run.close(summary)
+    return summary
+
+
+__all__ = ["ServiceGone", "save_grid", "train"]

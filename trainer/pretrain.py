@@ -1,0 +1,74 @@
+"""`python -m trainer pretrain`: fill the surrogate before fine-tuning. Sample groups with the
+initial model, score them with the true reward, stream them to the learner, until its held-out
+pair accuracy reaches `pretrain_accuracy` or `pretrain_groups` are spent."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from lasro_common import redis_util
+from reward_service.client import RewardClient
+from surrogate_service.client import SurrogateClient
+
+from .adapt import AdaptPipe
+from .config import TrainConfig
+from .fewstep import FewStepModel
+from .prompts import train_prompts
+
+log = logging.getLogger("trainer")
+
+
+def _accuracy(status: dict) -> tuple[float | None, int]:
+    learner = status.get("learner") or {}
+    return learner.get("heldout_pair_accuracy"), int(learner.get("heldout_groups") or 0)
+
+
+def wait_consumed(surrogate: SurrogateClient, timeout: float = 300.0) -> dict:
+    """Until the learner has taken every group off the stream (lag and pending both 0)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = surrogate.status()
+        learner = status.get("learner") or {}
+        if (learner.get("stream_lag") in (0, None) and not learner.get("pending")) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)  # polling another process over HTTP; there is nothing to wait on
+
+
+@torch.no_grad()
+def pretrain(cfg: TrainConfig, model: FewStepModel | None = None) -> dict:
+    if not cfg.redis_url:
+        raise ValueError("--redis-url is required: the Redis the surrogate service consumes from")
+    model = model or FewStepModel(cfg.base_model, device=cfg.device, lora_rank=cfg.lora_rank,
+                                  guidance_scale=cfg.guidance_scale)
+    rewards = RewardClient(cfg.reward_url, token=cfg.reward_token, retries=cfg.service_retries)
+    surrogate = SurrogateClient(cfg.surrogate_url, token=cfg.surrogate_token, retries=cfg.service_retries)
+    adapt = AdaptPipe(model, rewards, redis_util.connect(cfg.redis_url), stream=cfg.stream, reward=cfg.reward)
+    prompts_it = train_prompts(cfg.prompts, cfg.seed + 1)  # other prompts than the fine-tuning run's
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    acc, n_heldout = None, 0
+    bar = tqdm(total=cfg.pretrain_groups, desc="pretrain", disable=not cfg.progress)
+    while adapt.groups < cfg.pretrain_groups:
+        prompts = [next(prompts_it) for _ in range(cfg.prompts_per_iter)]
+        reps = [p for p in prompts for _ in range(cfg.n_noises)]
+        s = model.sample(model.noise(len(reps), gen), model.encode(reps), gen)
+        before = adapt.groups
+        adapt.submit(s.z1, s.z2, prompts, cfg.n_noises, version=0)
+        bar.update(adapt.groups - before)
+        acc, n_heldout = _accuracy(surrogate.status())
+        bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", heldout=n_heldout)
+        if acc is not None and acc >= cfg.pretrain_accuracy and n_heldout >= 8:
+            break
+    adapt.drain()
+    bar.update(adapt.groups - bar.n)
+    bar.close()
+    status = wait_consumed(surrogate)
+    acc, n_heldout = _accuracy(status)
+    adapt.close()
+    result = {"groups": adapt.groups, "queries": adapt.queries, "heldout_pair_accuracy": acc,
+              "heldout_groups": n_heldout, "surrogate_version": status.get("version")}
+    log.info("pretrain: %s", result)
+    return result

@@ -1,0 +1,111 @@
+"""The c·L term that keeps the fine-tuned model a good few-step model.
+
+    lcm     the consistency-distillation loss against the teacher (trainer/lcm_loss.py, the same
+            code that distilled the toy LCM), with an EMA target network, on data latents
+    anchor  distance of z1, z2 to what the frozen initial model makes from the same inputs
+            (data-free; with LoRA the initial model is the base with adapters off)
+    none    no regulariser
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+
+from .fewstep import FewStepModel, Sample
+from .lcm_loss import ConsistencyDistillationLoss, update_ema
+
+KINDS = ("lcm", "anchor", "none")
+
+
+class NoRegularizer:
+    def loss(self, sample: Sample, cond, generator: torch.Generator) -> torch.Tensor:
+        return torch.zeros(())
+
+    def after_step(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class AnchorRegularizer(NoRegularizer):
+    def __init__(self, model: FewStepModel):
+        self.model, self.ref = model, model.frozen_copy()
+
+    def loss(self, sample: Sample, cond, generator: torch.Generator) -> torch.Tensor:
+        """Σ over steps of ‖f_θ(x_i, t_i) − f_θ0(x_i, t_i)‖² on the very same step inputs x_i."""
+        m = self.model
+        w = m.w_embedding(sample.z1.shape[0])
+        outs = [sample.z1, sample.z2][: len(sample.timesteps)]
+        total = torch.zeros((), device=m.device)
+        for x, t, out in zip(sample.inputs, sample.timesteps, outs, strict=True):
+            x = x.detach()
+            with torch.no_grad():
+                sched = copy.copy(m.scheduler)
+                sched.set_timesteps(len(sample.timesteps), device=m.device)
+                ref = sched.step(m.unet_call(self.ref, x, t, cond, w), t, x, generator=generator).denoised
+            total = total + F.mse_loss(out, ref)
+        return total
+
+
+def toy_data_latents(model: FewStepModel, batch: int, seed: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """Endless (latents (B, C, h, w), captions) from the toy world's generator, VAE-encoded."""
+    from toyworld.data import sample_batch
+
+    rng = np.random.default_rng(seed)
+    while True:
+        images, captions = sample_batch(batch, rng)
+        x = torch.from_numpy(images).to(model.device, model.dtype) * 2 - 1
+        with torch.no_grad():
+            z = model.vae.encode(x).latent_dist.sample() * model.vae.config.scaling_factor
+        yield z, captions
+
+
+class LCMRegularizer(NoRegularizer):
+    def __init__(self, model: FewStepModel, teacher_model: str, *, batch: int, seed: int, ema_decay: float = 0.95):
+        teacher = UNet2DConditionModel.from_pretrained(teacher_model, subfolder="unet").to(model.device, model.dtype)
+        teacher.requires_grad_(False).eval()
+        sched = DDPMScheduler.from_pretrained(teacher_model, subfolder="scheduler")
+        self.cd = ConsistencyDistillationLoss(teacher, sched)
+        self.model, self.ema_decay = model, ema_decay
+        self.target = copy.deepcopy(model.unet).eval()
+        self.target.requires_grad_(False)
+        self.data = toy_data_latents(model, batch, seed)
+        self.uncond = model.encode([""]).encoder_hidden_states
+
+    def loss(self, sample: Sample, cond, generator: torch.Generator) -> torch.Tensor:
+        latents, captions = next(self.data)
+        emb = self.model.encode(captions).encoder_hidden_states
+        return self.cd.loss(self.model.unet, self.target, latents, emb, self.uncond.expand_as(emb),
+                            generator=generator)
+
+    def after_step(self) -> None:
+        update_ema(self.target, self.model.unet, self.ema_decay)
+
+    def state_dict(self) -> dict:
+        return {"target": self.target.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "target" in state:
+            self.target.load_state_dict(state["target"])
+
+
+def build(kind: str, model: FewStepModel, *, teacher_model: str | None, batch: int, seed: int):
+    if kind == "lcm":
+        if not teacher_model:
+            raise ValueError("regularizer 'lcm' needs --teacher-model (a diffusers folder or hub id)")
+        return LCMRegularizer(model, teacher_model, batch=batch, seed=seed)
+    if kind == "anchor":
+        return AnchorRegularizer(model)
+    if kind == "none":
+        return NoRegularizer()
+    raise ValueError(f"regularizer must be one of {KINDS}, got {kind!r}")
