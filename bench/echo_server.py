@@ -12,8 +12,15 @@ import threading
 import numpy as np
 from fastapi import Request
 
-from lasro_common import codec
-from lasro_common.server import Metrics, ServiceSettings, create_base_app, make_auth, read_body, read_tensors, tensor_response
+from lasro_common.server import (
+    Metrics,
+    ServiceSettings,
+    create_base_app,
+    make_auth,
+    read_body,
+    read_tensors,
+    tensor_response,
+)
 
 
 def raw_echo(port: int) -> None:
