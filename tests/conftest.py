@@ -56,7 +56,10 @@ def serve():
 @pytest.fixture(scope="session")
 def tiny_pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random SD- and SDXL-architecture pipelines, saved once per session."""
-    from tests.tiny_models import build_tiny_sd_pipeline, build_tiny_sdxl_pipeline
+    from tests.tiny_models import build_tiny_sd_pipeline, build_tiny_sdxl_pipeline, save_tiny_lora
 
     root = tmp_path_factory.mktemp("tiny_pipelines")
-    return {"sd": build_tiny_sd_pipeline(root / "sd"), "sdxl": build_tiny_sdxl_pipeline(root / "sdxl")}
+    out = {"sd": build_tiny_sd_pipeline(root / "sd"), "sdxl": build_tiny_sdxl_pipeline(root / "sdxl"),
+           "sdxl_turbo": build_tiny_sdxl_pipeline(root / "sdxl_turbo", turbo=True)}
+    out["lcm_lora"] = save_tiny_lora(out["sdxl_turbo"], root / "lcm_lora")  # on a base without LCM distillation
+    return out

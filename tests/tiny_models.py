@@ -155,8 +155,11 @@ def build_tiny_sd_pipeline(path: str | Path) -> Path:
     return path
 
 
-def build_tiny_sdxl_pipeline(path: str | Path) -> Path:
+def build_tiny_sdxl_pipeline(path: str | Path, *, turbo: bool = False) -> Path:
     """Save a tiny random SDXL-architecture pipeline folder (LCMScheduler) at ``path``.
+
+    ``turbo=True`` gives the SDXL-Turbo layout instead: no guidance embedding
+    (time_cond_proj_dim None) and an EulerAncestralDiscreteScheduler with trailing spacing.
 
     Mirrors diffusers' own tiny SDXL test components. The two text encoders have different
     widths (32 and 48) on purpose, so a wrong concatenation of their hidden states cannot pass:
@@ -181,7 +184,7 @@ def build_tiny_sdxl_pipeline(path: str | Path) -> Path:
         addition_time_embed_dim=add_time_dim,
         projection_class_embeddings_input_dim=projection_dim + 6 * add_time_dim,
         cross_attention_dim=32 + 48,
-        time_cond_proj_dim=32,  # as LCM-SDXL (SDXL-Turbo has none; both code paths are handled)
+        time_cond_proj_dim=None if turbo else 32,  # LCM-SDXL has a w-embedding; SDXL-Turbo none
     )
     torch.manual_seed(SEED)
     text_encoder = CLIPTextModel(_text_config(32, projection_dim))
@@ -194,10 +197,32 @@ def build_tiny_sdxl_pipeline(path: str | Path) -> Path:
         tokenizer=tiny_clip_tokenizer(),
         tokenizer_2=tiny_clip_tokenizer(),
         unet=unet,
-        scheduler=_lcm_scheduler(),
+        scheduler=_turbo_scheduler() if turbo else _lcm_scheduler(),
         image_encoder=None,
         feature_extractor=None,
         force_zeros_for_empty_prompt=True,
     )
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def _turbo_scheduler():
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    return EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                           timestep_spacing="trailing", num_train_timesteps=1000)
+
+
+def save_tiny_lora(base: str | Path, path: str | Path, rank: int = 4, scale: float = 0.05) -> Path:
+    """A non-trivial LoRA for the UNet of ``base`` in diffusers' LoRA file layout (as LCM-LoRA ships)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    g = torch.Generator().manual_seed(SEED)
+    layers = {k: v + scale * torch.randn(v.shape, generator=g)  # peft starts B at zero: make it non-trivial
+              for k, v in convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)).items()}
+    StableDiffusionXLPipeline.save_lora_weights(path, unet_lora_layers=layers)
+    return Path(path)

@@ -1,4 +1,5 @@
-"""Checkpoint and resume: model (or LoRA) weights, optimiser, S state, regulariser, RNG,
+"""Checkpoint and resume: model (or LoRA) weights, optimiser, S state, regulariser (noises and
+data are drawn from per-iteration generators, so no RNG state is needed),
 iteration, query counts. Weights as safetensors; the rest with torch.save read back with
 weights_only=True (tensors and plain containers only, no arbitrary pickle)."""
 

@@ -28,6 +28,7 @@ class TrainConfig(BaseSettings):
     device: str = Field("cpu", description="Torch device.")
     mixed_precision: str = Field("no", description="no | fp16 | bf16 (autocast on GPU).")
     lora_rank: int = Field(0, ge=0, description="LoRA rank; 0 = full fine-tuning.")
+    lcm_lora: str | None = Field(None, description="LCM-LoRA (hub id, folder or file) fused into a non-LCM base model first.")
     guidance_scale: float = Field(8.0, ge=1.0, description="w of the LCM guidance embedding (w_embedding of guidance_scale − 1).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the UNet.")
     # --- services ---

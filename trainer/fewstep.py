@@ -13,6 +13,14 @@ from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
 from surrogate_service.text import TextCond, TextEncoderBundle
 
 
+def getattr_config(base_model: str, key: str, subfolder: str = "vae"):
+    """A key of a component's config.json (local folder or hub id), or None."""
+    from surrogate_service.text import read_pipeline_json
+
+    cfg = read_pipeline_json(base_model, f"{subfolder}/config.json") or {}
+    return cfg.get(key)
+
+
 @dataclass
 class Sample:
     z1: torch.Tensor  # (B, C, h, w) one-step output  f_θ(z_T, τ0, c)
@@ -25,10 +33,25 @@ class FewStepModel:
     """UNet (trainable, optionally LoRA), frozen VAE and text encoders, an LCMScheduler."""
 
     def __init__(self, base_model: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 lora_rank: int = 0, guidance_scale: float = 8.0, gradient_checkpointing: bool = False):
+                 lora_rank: int = 0, guidance_scale: float = 8.0, gradient_checkpointing: bool = False,
+                 lcm_lora: str | None = None):
+        """`dtype` is the compute dtype of frozen parts (VAE, text encoders; the UNet's base weights
+        under LoRA). Trainable weights stay float32; mixed precision comes from autocast."""
         self.base_model, self.device, self.dtype = base_model, torch.device(device), dtype
-        self.unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet").to(self.device)
-        self.vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae", torch_dtype=dtype).to(self.device).eval()
+        unet_dtype = dtype if lora_rank > 0 else torch.float32
+        self.unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", torch_dtype=unet_dtype)
+        self.unet.to(self.device)
+        if lcm_lora:  # LCM-LoRA on a base model: load the distillation LoRA and fuse it into the weights
+            from diffusers import StableDiffusionXLPipeline
+
+            # lora_state_dict reads diffusers, kohya and PEFT layouts from a folder, file or hub id
+            state, alphas = StableDiffusionXLPipeline.lora_state_dict(lcm_lora)
+            self.unet.load_lora_adapter(state, network_alphas=alphas, prefix="unet", adapter_name="lcm")
+            self.unet.fuse_lora(lora_scale=1.0)
+            self.unet.unload_lora()  # fused weights stay; the adapter layers go
+            self.unet.requires_grad_(True)  # loading froze the base weights
+        vae_dtype = torch.float32 if getattr_config(base_model, "force_upcast") else dtype  # SDXL VAE overflows in fp16
+        self.vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae", torch_dtype=vae_dtype).to(self.device).eval()
         self.vae.requires_grad_(False)
         self.text = TextEncoderBundle(base_model, device=device, dtype=dtype)
         self.scheduler = LCMScheduler.from_pretrained(base_model, subfolder="scheduler")
@@ -39,6 +62,9 @@ class FewStepModel:
             self.unet.requires_grad_(False)
             self.unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
                                              target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+            for p in self.unet.parameters():  # LoRA weights train in float32 over a low-precision base
+                if p.requires_grad:
+                    p.data = p.data.float()
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.guidance_scale = guidance_scale
@@ -107,6 +133,6 @@ class FewStepModel:
         """(B, C, h, w) latents -> (B, 3, H, W) float32 images in [0, 1] (chunked to bound memory)."""
         out = []
         for z in latents.split(chunk):
-            img = self.vae.decode(z.to(self.dtype) / self.vae.config.scaling_factor).sample
+            img = self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
             out.append((img.float() / 2 + 0.5).clamp(0, 1).cpu())
         return torch.cat(out)

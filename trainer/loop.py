@@ -4,6 +4,10 @@ Per iteration: P prompts × N_s noises → two-step samples with gradients → d
 surrogate service for z1 (head 1) and z2 (head 2) → L = c·L_reg − c1·⟨S(g1), z1⟩ − c2·⟨S(g2), z2⟩
 → one AdamW step on θ. Every k iterations the same (detached) samples are decoded and scored by
 the true reward in the background and go to the surrogate's Redis stream (online adaptation).
+
+Data parallel under `accelerate launch` (or torchrun): every process draws its own prompts and
+noises, gradients are averaged across processes before each step, and only the main process
+evaluates, logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import trange
 
 from lasro_common import redis_util
@@ -37,22 +42,46 @@ class ServiceGone(SystemExit):
     """A service stayed unreachable through every retry; the run was checkpointed first."""
 
 
+def iteration_generator(seed: int, rank: int, it: int) -> torch.Generator:
+    """Noises and data of iteration `it` on process `rank`: reproducible, so resuming needs no RNG state."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + rank * 10_007 + it)
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Data parallel: one flat all-reduce of every gradient, then divide by the process count."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
+        g.copy_(synced)
+
+
 def train(cfg: TrainConfig) -> dict:
+    from accelerate import Accelerator
+
     t_start = time.perf_counter()
+    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
+    rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     torch.manual_seed(cfg.seed)
-    run = RunLog(cfg.out, cfg)
-    model = FewStepModel(cfg.base_model, device=cfg.device, lora_rank=cfg.lora_rank,
-                         guidance_scale=cfg.guidance_scale, gradient_checkpointing=cfg.gradient_checkpointing)
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run = RunLog(cfg.out, cfg) if main else None
+    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+    model = FewStepModel(cfg.base_model, device=str(acc.device), dtype=dtype, lora_rank=cfg.lora_rank,
+                         guidance_scale=cfg.guidance_scale, gradient_checkpointing=cfg.gradient_checkpointing,
+                         lcm_lora=cfg.lcm_lora)
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     reg = regularizers.build(cfg.regularizer, model, teacher_model=cfg.teacher_model,
-                             batch=cfg.prompts_per_iter * cfg.n_noises, seed=cfg.seed)
+                             batch=cfg.prompts_per_iter * cfg.n_noises)
     norm1, norm2 = (GradNormalizer(cfg.normalizer, clip=cfg.norm_clip) for _ in range(2))
     rewards = RewardClient(cfg.reward_url, token=cfg.reward_token, retries=cfg.service_retries)
     surrogate = SurrogateClient(cfg.surrogate_url, token=cfg.surrogate_token, retries=cfg.service_retries)
     if not cfg.redis_url:
         raise ValueError("--redis-url is required: the Redis the surrogate service consumes from")
     adapt = AdaptPipe(model, rewards, redis_util.connect(cfg.redis_url), stream=cfg.stream, reward=cfg.reward)
-    gen = torch.Generator().manual_seed(cfg.seed)
     state = {"iteration": 0, "queries": 0, "eval_queries": 0, "blocked_s": 0.0, "loop_s": 0.0, "before": None}
 
     ckpt = cfg.out / "checkpoint"
@@ -61,24 +90,25 @@ def train(cfg: TrainConfig) -> dict:
         norm1.load_state_dict(extra["norm1"])
         norm2.load_state_dict(extra["norm2"])
         reg.load_state_dict(extra.get("reg", {}))
-        gen.set_state(extra["generator"])
-        torch.set_rng_state(extra["torch_rng"])
-        adapt.queries = state["queries"]
+        adapt.queries = state["queries"] // world
         log.info("resumed from %s at iteration %d", ckpt, state["iteration"])
 
-    prompt_stream = train_prompts(cfg.prompts, cfg.seed)
+    prompt_stream = train_prompts(cfg.prompts, cfg.seed + 7919 * rank)  # each process its own prompts
     for _ in range(state["iteration"] * cfg.prompts_per_iter):  # the same prompts as an unbroken run
         next(prompt_stream)
     held_out = eval_prompts(cfg.eval_prompts)
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grad")
 
     def save_checkpoint() -> None:
-        state["queries"] = adapt.queries
+        if not main:
+            return
+        state["queries"] = adapt.queries * world  # every process spends the same number
         checkpoint.save(ckpt, unet=model.unet, lora=cfg.lora_rank > 0, optimizer=opt, state=state,
-                        extra={"norm1": norm1.state_dict(), "norm2": norm2.state_dict(), "reg": reg.state_dict(),
-                               "generator": gen.get_state(), "torch_rng": torch.get_rng_state()})
+                        extra={"norm1": norm1.state_dict(), "norm2": norm2.state_dict(), "reg": reg.state_dict()})
 
-    def run_eval(it: int) -> dict:
+    def run_eval(it: int) -> dict | None:
+        if not main:
+            return None
         ev = evaluate(model, held_out, cfg.eval_seeds, rewards, cfg.reward, surrogate)
         state["eval_queries"] += ev.queries
         summary = {"iteration": it, **ev.summary()}
@@ -88,25 +118,28 @@ def train(cfg: TrainConfig) -> dict:
     try:
         if state["before"] is None:
             state["before"] = run_eval(state["iteration"])
-        bar = trange(state["iteration"], cfg.iterations, desc="lasro", disable=not cfg.progress,
+        bar = trange(state["iteration"], cfg.iterations, desc="lasro", disable=not (cfg.progress and main),
                      initial=state["iteration"], total=cfg.iterations)
         for it in bar:
             t_it = time.perf_counter()
+            gen = iteration_generator(cfg.seed, rank, it)
             prompts = [next(prompt_stream) for _ in range(cfg.prompts_per_iter)]  # P
             reps = [p for p in prompts for _ in range(cfg.n_noises)]  # B = P·N_s, N_s noises per prompt
             cond = model.encode(reps)
             z_t = model.noise(len(reps), gen)  # (B, C, h, w): off-policy exploration around each prompt
-            s = model.sample(z_t, cond, gen)  # z1, z2 (B, C, h, w), differentiable in θ
+            with acc.autocast():
+                s = model.sample(z_t, cond, gen)  # z1, z2 (B, C, h, w), differentiable in θ
 
             # dR/dz from the surrogate for both outputs, fetched while the regulariser computes
             f1 = pool.submit(surrogate.grad, s.z1.detach().float().cpu(), reps, 1)
             f2 = pool.submit(surrogate.grad, s.z2.detach().float().cpu(), reps, 2)
-            l_reg = reg.loss(s, cond, gen) if cfg.c > 0 else torch.zeros(())
+            with acc.autocast():
+                l_reg = reg.loss(s, cond, gen) if cfg.c > 0 else torch.zeros((), device=model.device)
             t_wait = time.perf_counter()
             r1, r2 = f1.result(), f2.result()
             state["blocked_s"] += time.perf_counter() - t_wait
-            g1 = norm1(r1.grad.to(model.device))  # S(g1) (B, C, h, w)
-            g2 = norm2(r2.grad.to(model.device))  # S(g2)
+            g1 = norm1(r1.grad.to(model.device, s.z1.dtype))  # S(g1) (B, C, h, w)
+            g2 = norm2(r2.grad.to(model.device, s.z2.dtype))  # S(g2)
 
             # L = c·L_lcm − c1·⟨S(g1), z1⟩ − c2·⟨S(g2), z2⟩  (LaSRO's fine-tuning loss; ⟨·,·⟩ averaged over B)
             b = len(reps)
@@ -115,7 +148,9 @@ def train(cfg: TrainConfig) -> dict:
             loss = cfg.c * l_reg + cfg.c1 * l_r1 + cfg.c2 * l_r2
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.max_grad_norm)
+            if world > 1:
+                average_gradients(params, world)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             reg.after_step()
 
@@ -129,7 +164,8 @@ def train(cfg: TrainConfig) -> dict:
                    "l_r2": float(l_r2), "surrogate_1step_train": float(r1.scores.mean()),
                    "surrogate_2step_train": float(r2.scores.mean()), "surrogate_version": r2.version,
                    "grad_norm": float(grad_norm), "queries": adapt.queries, "groups": adapt.groups}
-            run.train(it + 1, row)
+            if main:
+                run.train(it + 1, row)
             bar.set_postfix(loss=f"{float(loss):.3f}", v=r2.version, q=adapt.queries)
             if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations:
                 adapt.drain()
@@ -146,8 +182,11 @@ def train(cfg: TrainConfig) -> dict:
     finally:
         pool.shutdown(wait=False)
         adapt.close()
-    state["queries"] = adapt.queries
     save_checkpoint()
+    if world > 1:
+        acc.wait_for_everyone()
+    if not main:
+        return {}
     after = run.last_eval
     summary = {
         "reward": cfg.reward,

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -57,21 +56,21 @@ class AnchorRegularizer(NoRegularizer):
         return total
 
 
-def toy_data_latents(model: FewStepModel, batch: int, seed: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Endless (latents (B, C, h, w), captions) from the toy world's generator, VAE-encoded."""
+def toy_data_latents(model: FewStepModel, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    """(latents (B, C, h, w), captions) from the toy world's generator, VAE-encoded; drawn from
+    `generator`, so a resumed run sees the same data as an unbroken one."""
     from toyworld.data import sample_batch
 
-    rng = np.random.default_rng(seed)
-    while True:
-        images, captions = sample_batch(batch, rng)
-        x = torch.from_numpy(images).to(model.device, model.dtype) * 2 - 1
-        with torch.no_grad():
-            z = model.vae.encode(x).latent_dist.sample() * model.vae.config.scaling_factor
-        yield z, captions
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    images, captions = sample_batch(batch, rng)
+    x = torch.from_numpy(images).to(model.device, model.vae.dtype) * 2 - 1
+    with torch.no_grad():
+        z = model.vae.encode(x).latent_dist.sample(generator) * model.vae.config.scaling_factor
+    return z.to(model.dtype), captions
 
 
 class LCMRegularizer(NoRegularizer):
-    def __init__(self, model: FewStepModel, teacher_model: str, *, batch: int, seed: int, ema_decay: float = 0.95):
+    def __init__(self, model: FewStepModel, teacher_model: str, *, batch: int, ema_decay: float = 0.95):
         teacher = UNet2DConditionModel.from_pretrained(teacher_model, subfolder="unet").to(model.device, model.dtype)
         teacher.requires_grad_(False).eval()
         sched = DDPMScheduler.from_pretrained(teacher_model, subfolder="scheduler")
@@ -79,11 +78,11 @@ class LCMRegularizer(NoRegularizer):
         self.model, self.ema_decay = model, ema_decay
         self.target = copy.deepcopy(model.unet).eval()
         self.target.requires_grad_(False)
-        self.data = toy_data_latents(model, batch, seed)
+        self.batch = batch
         self.uncond = model.encode([""]).encoder_hidden_states
 
     def loss(self, sample: Sample, cond, generator: torch.Generator) -> torch.Tensor:
-        latents, captions = next(self.data)
+        latents, captions = toy_data_latents(self.model, self.batch, generator)
         emb = self.model.encode(captions).encoder_hidden_states
         return self.cd.loss(self.model.unet, self.target, latents, emb, self.uncond.expand_as(emb),
                             generator=generator)
@@ -99,11 +98,11 @@ class LCMRegularizer(NoRegularizer):
             self.target.load_state_dict(state["target"])
 
 
-def build(kind: str, model: FewStepModel, *, teacher_model: str | None, batch: int, seed: int):
+def build(kind: str, model: FewStepModel, *, teacher_model: str | None, batch: int):
     if kind == "lcm":
         if not teacher_model:
             raise ValueError("regularizer 'lcm' needs --teacher-model (a diffusers folder or hub id)")
-        return LCMRegularizer(model, teacher_model, batch=batch, seed=seed)
+        return LCMRegularizer(model, teacher_model, batch=batch)
     if kind == "anchor":
         return AnchorRegularizer(model)
     if kind == "none":

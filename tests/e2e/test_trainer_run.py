@@ -112,3 +112,33 @@ def test_bad_config_fails_before_any_work(tmp_path):
         TrainConfig(mixed_precision="fp16", device="cpu", out=tmp_path)
     with pytest.raises(ValueError, match="not a file"):
         TrainConfig(prompts=tmp_path / "missing.txt", out=tmp_path)
+
+
+def test_data_parallel_under_accelerate_launch_with_two_cpu_processes(services, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m trainer train` on a CPU-only machine: the
+    torchrun path of accelerate; `Accelerator(cpu=True)` forms a gloo group (accelerate's `--cpu`
+    flag would route multi-process launches to mpirun instead). Both processes sample, stream
+    groups and average gradients; the main process writes the checkpoint and summary."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    prompts = services["tmp"] / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green triangle\n")
+    r = redis_util.connect(services["redis_url"])
+    before = r.xlen("lasro:groups")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trainer", "train",
+           "--base-model", services["base"], "--regularizer", "anchor", "--reward", "brightness",
+           "--reward-url", services["reward_url"], "--surrogate-url", services["surrogate_url"],
+           "--redis-url", services["redis_url"], "--prompts", str(prompts), "--eval-prompts", str(prompts),
+           "--eval-seeds", "1", "--prompts-per-iter", "2", "--n-noises", "2", "--iterations", "2",
+           "--eval-every", "2", "--checkpoint-every", "2", "--lr", "1e-3", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["queries"] == 2 * 2 * 2 * 2 * 2  # it × P × N_s × 2 steps × 2 procs
+    assert r.xlen("lasro:groups") - before == 2 * 2 * 2 * 2  # it × P × 2 steps × 2 processes
+    assert (out / "checkpoint" / "unet.safetensors").is_file()

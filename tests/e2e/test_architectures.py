@@ -1,0 +1,61 @@
+"""Every model family the trainer supports, as a tiny random pipeline of the real structure:
+the surrogate serves /grad for it and the trainer runs LaSRO iterations on it.
+
+    sd          SD1.5 family (LCM-Dreamshaper-v7), LCMScheduler, w-embedding
+    sdxl        SDXL family (LCM-SDXL; LCM-SSD-1B is the same architecture with fewer blocks)
+    sdxl_turbo  SDXL-Turbo: no guidance embedding, Euler scheduler config
+    lcm_lora    an SDXL base without distillation + an LCM-LoRA fused at load
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lasro_common import redis_util
+from reward_service.app import create_app as reward_app
+from reward_service.settings import RewardSettings
+from surrogate_service.app import create_app as surrogate_app
+from surrogate_service.client import SurrogateClient
+from surrogate_service.settings import SurrogateSettings
+from tests.e2e.test_trainer_run import Brightness
+from trainer.config import TrainConfig
+from trainer.fewstep import FewStepModel
+
+
+@pytest.mark.parametrize("family, lora_rank", [("sd", 0), ("sdxl", 0), ("sdxl", 4), ("sdxl_turbo", 0), ("lcm_lora", 4)])
+def test_lasro_iterations_on_each_architecture(family, lora_rank, tiny_pipelines, tmp_path, serve):
+    from trainer.loop import train
+
+    base = str(tiny_pipelines["sdxl_turbo" if family == "lcm_lora" else family])
+    lcm_lora = str(tiny_pipelines["lcm_lora"]) if family == "lcm_lora" else None
+    redis_url = redis_util.embedded_redis_url(tmp_path / "redis")
+    rew = reward_app(RewardSettings(), rewards=[Brightness()])
+    sur = surrogate_app(SurrogateSettings(base_model=base, learn=False, head_channels=16))
+    rurl, surl = serve(rew), serve(sur)
+    assert rew.state.rewards.ready.wait(30) and sur.state.surrogate.ready.wait(60), sur.state.surrogate.error
+    slot = sur.state.surrogate.slot  # non-trivial weights (heads start at zero, so would the gradient)
+    g = torch.Generator().manual_seed(0)
+    slot.publish({k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in slot.get()[0].state_dict().items()}, 1)
+
+    z = torch.randn(2, 4, 8, 8)
+    with SurrogateClient(surl) as sc:
+        res = sc.grad(z, ["a red circle", "a cat"], head=2)
+    assert res.grad.shape == z.shape and torch.isfinite(res.grad).all() and res.grad.abs().sum() > 0
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    before = FewStepModel(base, lcm_lora=lcm_lora).unet.state_dict()
+    cfg = TrainConfig(base_model=base, lcm_lora=lcm_lora, lora_rank=lora_rank, teacher_model=None,
+                      regularizer="anchor", reward="brightness", reward_url=rurl, surrogate_url=surl,
+                      redis_url=redis_url, prompts=prompts, eval_prompts=prompts, eval_seeds=1, iterations=2,
+                      prompts_per_iter=2, n_noises=2, lr=1e-3, out=tmp_path / "run", progress=False)
+    summary = train(cfg)
+    assert summary["iterations"] == 2 and summary["queries"] == 2 * 2 * 2 * 2
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "run/checkpoint/unet.safetensors"))
+    if lora_rank:
+        assert saved and all("lora" in k for k in saved)  # only the adapter is saved
+    else:
+        assert any(not torch.equal(saved[k], before[k]) for k in before)
