@@ -88,4 +88,4 @@ if __name__ == "__main__":
         import uvicorn
 
         uvicorn.run(stack_app("bench"), host="127.0.0.1", port=a.port, log_level="warning", http="httptools",
-                    loop="uvloop")
+                    loop="asyncio")  # as python -m reward_service / surrogate_service run it

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--list-iters", type=int, default=5, help="JSON lists are slow; fewer iterations")
     args = p.parse_args(argv)
+    from lasro_common.memory import tune_malloc
+
+    tune_malloc()  # as the trainer does; the raw-socket floor runs in this same process
     x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float16)
     raw_port, stack_port = free_port(), free_port()
     raw = subprocess.Popen([sys.executable, "-m", "bench.echo_server", "raw", "--port", str(raw_port)])

@@ -7,7 +7,7 @@ import logging
 import threading
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 
 from lasro_common.batching import MicroBatcher
 from lasro_common.errors import WireError
@@ -25,6 +25,7 @@ from lasro_common.server import (
 )
 
 from . import __version__
+from .grad import GRAD_OPENAPI, handle_grad
 from .rewards import Reward, build
 from .rewards.remote import RemoteReward
 from .schemas import SCORE_OPENAPI, RewardInfo, ScoreResponse
@@ -111,5 +112,10 @@ def create_app(settings: RewardSettings | None = None, rewards: list[Reward] | N
             return await asyncio.wait_for(score(req, state.rewards, state.batchers), settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise RequestTimeout(f"scoring took longer than {settings.request_timeout_s} s") from None
+
+    @app.post("/grad", tags=["rewards"], summary="Scores and d score / d pixels (differentiable rewards).",
+              openapi_extra=GRAD_OPENAPI, responses=ERRORS, dependencies=auth, response_class=Response)
+    async def grad_images(request: Request) -> Response:
+        return await handle_grad(request, state)
 
     return app

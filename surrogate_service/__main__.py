@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(str(e))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                http="httptools", timeout_graceful_shutdown=30)
+                http="httptools", loop="asyncio", timeout_graceful_shutdown=30)
 
 
 if __name__ == "__main__":
