@@ -74,14 +74,14 @@ def demo(out: Path, reward: str = "toy_attribute_binding", overrides: dict | Non
     redis_url = redis_util.embedded_redis_url(out / "redis")
     threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     rport, sport = _free_port(), _free_port()
+    cfg = TrainConfig(**{"reward_url": f"http://127.0.0.1:{rport}", "surrogate_url": f"http://127.0.0.1:{sport}",
+                         "redis_url": redis_url, "reward": reward, "out": out / "train",
+                         **DEMO_DEFAULTS, **(overrides or {})})  # validated before anything starts
     with service(["reward_service", "--port", str(rport), "--reward", "toy_attribute_binding",
-                  "--reward", "jpeg_compressibility"], f"http://127.0.0.1:{rport}", out / "logs/reward.log", threads), \
-         service(["surrogate_service", "--port", str(sport), "--redis-url", redis_url,
-                  "--checkpoint-dir", str(out / "surrogate")], f"http://127.0.0.1:{sport}",
+                  "--reward", "jpeg_compressibility"], cfg.reward_url, out / "logs/reward.log", threads), \
+         service(["surrogate_service", "--port", str(sport), "--redis-url", redis_url, "--base-model", cfg.base_model,
+                  "--checkpoint-dir", str(out / "surrogate")], cfg.surrogate_url,
                  out / "logs/surrogate.log", {**threads, **SURROGATE_ENV}):
-        cfg = TrainConfig(**{"reward_url": f"http://127.0.0.1:{rport}", "surrogate_url": f"http://127.0.0.1:{sport}",
-                             "redis_url": redis_url, "reward": reward, "out": out / "train",
-                             **DEMO_DEFAULTS, **(overrides or {})})
         pre = pretrain(cfg)
         summary = train(cfg)
     summary = {"reward": reward, "before": summary["before"], "after": summary["after"],

@@ -160,13 +160,13 @@ def train(cfg: TrainConfig) -> dict:
                 state["blocked_s"] += time.perf_counter() - t_wait
             state["iteration"] = it + 1
             state["loop_s"] += time.perf_counter() - t_it
-            row = {"iteration": it + 1, "loss": float(loss), "l_reg": float(l_reg), "l_r1": float(l_r1),
-                   "l_r2": float(l_r2), "surrogate_1step_train": float(r1.scores.mean()),
+            row = {"iteration": it + 1, "loss": loss.item(), "l_reg": l_reg.item(), "l_r1": l_r1.item(),
+                   "l_r2": l_r2.item(), "surrogate_1step_train": float(r1.scores.mean()),
                    "surrogate_2step_train": float(r2.scores.mean()), "surrogate_version": r2.version,
                    "grad_norm": float(grad_norm), "queries": adapt.queries, "groups": adapt.groups}
             if main:
                 run.train(it + 1, row)
-            bar.set_postfix(loss=f"{float(loss):.3f}", v=r2.version, q=adapt.queries)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", v=r2.version, q=adapt.queries)
             if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations:
                 adapt.drain()
                 run_eval(it + 1)

@@ -51,12 +51,14 @@ def pretrain(cfg: TrainConfig, model: FewStepModel | None = None) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     acc, n_heldout = None, 0
     bar = tqdm(total=cfg.pretrain_groups, desc="pretrain", disable=not cfg.progress)
-    while adapt.groups < cfg.pretrain_groups:
+    submitted = 0
+    while submitted < cfg.pretrain_groups:  # count what is in flight too, so the budget holds
         prompts = [next(prompts_it) for _ in range(cfg.prompts_per_iter)]
         reps = [p for p in prompts for _ in range(cfg.n_noises)]
         s = model.sample(model.noise(len(reps), gen), model.encode(reps), gen)
         before = adapt.groups
         adapt.submit(s.z1, s.z2, prompts, cfg.n_noises, version=0)
+        submitted += 2 * len(prompts)  # one group per prompt for z1 and one for z2
         bar.update(adapt.groups - before)
         acc, n_heldout = _accuracy(surrogate.status())
         bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", heldout=n_heldout)

@@ -98,9 +98,10 @@ def plot_curves(out: Path) -> Path:
     axes[0].set_title("held-out true reward")
     axes[1].set_title("held-out surrogate score (same samples)")
     ti = [r["iteration"] for r in train]
-    for key in ("loss", "l_reg", "l_r1", "l_r2"):
-        axes[2].plot(ti, [r[key] for r in train], label=key, lw=1)
-    axes[2].set_title("training losses")
+    for key, label in (("surrogate_1step_train", "surrogate, 1-step train samples"),
+                       ("surrogate_2step_train", "surrogate, 2-step train samples"), ("l_reg", "regulariser L_reg")):
+        axes[2].plot(ti, [r[key] for r in train], label=label, lw=1)
+    axes[2].set_title("training: surrogate score of the batch, regulariser")
     for ax in axes:
         ax.set_xlabel("iteration")
         ax.legend()
