@@ -74,7 +74,9 @@ def encode(tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
     hbytes += b" " * (-len(hbytes) % 8)  # align the data section to 8 bytes
     # One copy in all: join takes the arrays' buffers directly.
     parts = [struct.pack("<Q", len(hbytes)), hbytes]
-    parts += [memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False)).cast("B") for a in arrays.values()]
+    # flat uint8 views of each array (works for 0-d and zero-size arrays, which memoryview.cast refuses)
+    parts += [memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8))
+              for a in arrays.values()]
     return b"".join(parts)
 
 

@@ -91,7 +91,7 @@ class SurrogateState:
         self.require_ready()
         s = self.settings
         req = parse(await read_tensors(request), in_channels=self.in_channels, multiple=self.multiple,
-                    max_batch=s.max_batch, max_side=s.max_latent_side)
+                    max_batch=s.max_batch, max_side=s.max_latent_side, max_abs=s.max_abs_latent)
         batcher: MicroBatcher = getattr(self, batcher_name)
         try:
             return await asyncio.wait_for(batcher.submit(req, size=req.latents.shape[0], key=req.key),

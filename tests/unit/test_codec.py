@@ -43,6 +43,11 @@ def test_decode_is_zero_copy_on_a_bytearray():
     assert codec.decode(body).tensors["x"][0] == 7.0
 
 
+def test_zero_size_and_scalar_tensors_roundtrip():
+    d = codec.decode(codec.encode({"e": np.zeros((1, 4, 0, 8), np.float32), "s": np.float16(2.0)}))
+    assert d.tensors["e"].shape == (1, 4, 0, 8) and d.tensors["s"].shape == () and d.tensors["s"] == 2.0
+
+
 def test_torch_bfloat16_is_refused_with_advice():
     with pytest.raises(ValueError, match="float"):
         codec.encode({"x": torch.zeros(2, dtype=torch.bfloat16)})
