@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-dir", help="where the learner checkpoints (SURROGATE_CHECKPOINT_DIR)")
     p.add_argument("--device", help="torch device (SURROGATE_DEVICE)")
     p.add_argument("--no-learn", dest="learn", action="store_false", default=None, help="serve only; no learner")
+    p.add_argument("--follow", action="store_true", default=None,
+                   help="with --no-learn: serve the versions the learner publishes in --checkpoint-dir (read replica)")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:

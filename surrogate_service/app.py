@@ -45,6 +45,7 @@ class SurrogateState:
         self.ready = threading.Event()
         self.error: str | None = None
         self.learner: Any = None
+        self.follower: Any = None
         self.slot: ModelSlot | None = None
 
     def load(self) -> None:
@@ -63,6 +64,11 @@ class SurrogateState:
                                        lambda: redis_util.connect(s.redis_url, db_dir=s.redis_dir))
                 self.learner.restore()
                 self.learner.start()
+            elif s.follow:
+                from .follow import Follower
+
+                self.follower = Follower(self.slot, s.checkpoint_dir, s.follow_every_s)
+                self.follower.start()
             kw = dict(max_batch_size=s.batch_max_size, max_wait_ms=s.batch_max_wait_ms, max_queue=s.max_queue,
                       enabled=s.batching)
             self.grad = MicroBatcher(make_batch_fn(self.slot, self.text, with_grad=True),
@@ -78,6 +84,8 @@ class SurrogateState:
     def close(self) -> None:
         if self.learner is not None:
             self.learner.stop()  # writes the final checkpoint (SIGTERM lands here)
+        if self.follower is not None:
+            self.follower.stop()
         for b in (getattr(self, "grad", None), getattr(self, "score", None)):
             if b is not None:
                 b.close()
@@ -138,7 +146,8 @@ def create_app(settings: SurrogateSettings | None = None) -> FastAPI:
     async def status() -> dict:
         state.require_ready()
         learner = state.learner.status() if state.learner is not None else None
+        following = state.follower.status() if state.follower is not None else None
         return {"version": state.slot.version, "base_model": settings.base_model, "learning": learner is not None,
-                "learner": learner}
+                "learner": learner, "following": following}
 
     return app

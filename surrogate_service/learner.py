@@ -22,6 +22,7 @@ from lasro_common.records import DEAD_LETTER_SUFFIX, SampleGroup
 
 from .buffer import BufferedGroup, ReplayBuffer, is_heldout, pair_accuracy, score_items
 from .checkpoint import load_checkpoint, save_checkpoint
+from .follow import write_published
 from .model import SurrogateReward
 from .settings import SurrogateSettings
 from .slot import ModelSlot
@@ -354,6 +355,7 @@ class Learner:
             "groups_consumed": self.groups_consumed, "dead_letters": self.dead_letters,
             "duplicates_skipped": self.duplicates_skipped, "processed": sorted(self.processed),
             "unacked": list(self.unacked) + self.to_ack, "history": self.history})
+        write_published(self.s.checkpoint_dir, *self.slot.get())  # for read replicas (follow.py)
         self._last_ckpt, self._dirty = time.monotonic(), False
         # Only now is every buffered entry durable: acknowledge them.
         self.to_ack += list(self.unacked)

@@ -267,7 +267,13 @@ def load_surrogate(
 
     Loads the full UNet once, keeps only its encoder half (the modules are moved, not copied,
     so peak memory is one UNet) and lets the decoder half be garbage-collected."""
-    base_model = str(base_model)
+    from lasro_common.memory import MODEL_LOAD_LOCK
+
+    with MODEL_LOAD_LOCK:
+        return _load_surrogate(str(base_model), device, dtype, timestep, head_channels, freeze_backbone, cache_size)
+
+
+def _load_surrogate(base_model: str, device, dtype, timestep, head_channels, freeze_backbone, cache_size):
     unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", torch_dtype=dtype)
     model = SurrogateReward(
         unet,

@@ -17,6 +17,7 @@ class StatusResponse(BaseModel):
     base_model: str
     learning: bool
     learner: dict[str, Any] | None = Field(None, description="Buffer size, updates, held-out pair accuracy, stream lag...")
+    following: dict[str, Any] | None = Field(None, description="Read replica: the folder followed and its last error.")
 
 
 LATENT_OPENAPI = {

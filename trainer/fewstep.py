@@ -37,6 +37,13 @@ class FewStepModel:
                  lcm_lora: str | None = None):
         """`dtype` is the compute dtype of frozen parts (VAE, text encoders; the UNet's base weights
         under LoRA). Trainable weights stay float32; mixed precision comes from autocast."""
+        from lasro_common.memory import MODEL_LOAD_LOCK
+
+        with MODEL_LOAD_LOCK:
+            self._load(base_model, device, dtype, lora_rank, guidance_scale, gradient_checkpointing, lcm_lora)
+
+    def _load(self, base_model: str, device: str, dtype: torch.dtype, lora_rank: int, guidance_scale: float,
+              gradient_checkpointing: bool, lcm_lora: str | None) -> None:
         self.base_model, self.device, self.dtype = base_model, torch.device(device), dtype
         unet_dtype = dtype if lora_rank > 0 else torch.float32
         self.unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", torch_dtype=unet_dtype)
