@@ -48,11 +48,12 @@ def services(tiny_pipelines, tmp_path_factory):
 def _cfg(services, out, **kw):
     prompts = services["tmp"] / "prompts.txt"
     prompts.write_text("a red circle\na blue square\na green triangle\n")
-    return TrainConfig(base_model=services["base"], teacher_model=None, regularizer="anchor",
-                       reward_url=services["reward_url"], surrogate_url=services["surrogate_url"],
-                       redis_url=services["redis_url"], reward="brightness", prompts=prompts, eval_prompts=prompts,
-                       eval_seeds=1, prompts_per_iter=2, n_noises=2, lr=1e-3, eval_every=2, checkpoint_every=2,
-                       out=out, progress=False, **kw)
+    base = dict(base_model=services["base"], teacher_model=None, regularizer="anchor",
+                reward_url=services["reward_url"], surrogate_url=services["surrogate_url"],
+                redis_url=services["redis_url"], reward="brightness", prompts=prompts, eval_prompts=prompts,
+                eval_seeds=1, prompts_per_iter=2, n_noises=2, lr=1e-3, eval_every=2, checkpoint_every=2,
+                out=out, progress=False)
+    return TrainConfig(**{**base, **kw})
 
 
 def test_short_run_trains_streams_and_resumes(services, tmp_path):
@@ -142,3 +143,33 @@ def test_data_parallel_under_accelerate_launch_with_two_cpu_processes(services, 
     assert summary["iterations"] == 2 and summary["queries"] == 2 * 2 * 2 * 2 * 2  # it × P × N_s × 2 steps × 2 procs
     assert r.xlen("lasro:groups") - before == 2 * 2 * 2 * 2  # it × P × 2 steps × 2 processes
     assert (out / "checkpoint" / "unet.safetensors").is_file()
+
+
+def test_a_service_that_goes_away_stops_the_run_cleanly_and_resume_finishes_it(services, serve, tmp_path):
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from trainer.loop import ServiceGone, train
+
+    down = FastAPI()
+
+    @down.api_route("/{path:path}", methods=["GET", "POST"])
+    def unavailable(path: str):
+        return JSONResponse({"error": {"code": "not_ready", "message": "down"}}, status_code=503)
+
+    out = tmp_path / "run"
+    with pytest.raises(ServiceGone, match="--resume"):
+        train(_cfg(services, out, iterations=3, surrogate_url=serve(down), service_retries=1))
+    assert (out / "checkpoint" / "state.json").is_file()  # nothing lost: the run can continue
+    summary = train(_cfg(services, out, iterations=3, resume=True))
+    assert summary["iterations"] == 3
+
+
+def test_cli_refuses_a_bad_config_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "trainer", "train", "--regularizer", "nope", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "regularizer must be one of" in proc.stderr
+    assert not any(tmp_path.iterdir())  # no output written
