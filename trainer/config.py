@@ -29,7 +29,8 @@ class TrainConfig(BaseSettings):
     mixed_precision: str = Field("no", description="no | fp16 | bf16 (autocast on GPU).")
     lora_rank: int = Field(0, ge=0, description="LoRA rank; 0 = full fine-tuning.")
     lcm_lora: str | None = Field(None, description="LCM-LoRA (hub id, folder or file) fused into a non-LCM base model first.")
-    guidance_scale: float = Field(8.0, ge=1.0, description="w of the LCM guidance embedding (w_embedding of guidance_scale − 1).")
+    guidance_scale: float = Field(None, ge=1.0, validate_default=False,  # type: ignore[assignment]
+                                  description="LCM guidance scale (the UNet sees w = guidance_scale − 1); default: the toy world's for the toy LCM, else 8.0.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the UNet.")
     # --- services ---
     reward_url: str = Field("http://127.0.0.1:8100", description="Reward service base URL.")
@@ -68,6 +69,17 @@ class TrainConfig(BaseSettings):
     resume: bool = Field(False, description="Resume from out/checkpoint if present.")
     seed: int = Field(0, description="Seed of prompts, noises and data.")
     progress: bool = Field(True, description="Show progress bars.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_guidance(cls, data: dict) -> dict:
+        if isinstance(data, dict) and data.get("guidance_scale") is None:
+            from toyworld.paths import LCM_DIR
+            from toyworld.sampling import LCM_GUIDANCE
+
+            base = data.get("base_model") or str(LCM_DIR)
+            data = {**data, "guidance_scale": LCM_GUIDANCE if Path(base).resolve() == LCM_DIR.resolve() else 8.0}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
