@@ -369,7 +369,7 @@ class Learner:
         return {
             "version": self.version, "updates": self.updates,
             "buffer_groups": len(self.replay), "heldout_groups": len(self.heldout),
-            "replay_pairs": self.replay.num_pairs,
+            "replay_pairs": self.replay.num_pairs, "training_owed": int(self.credit),
             "heldout_pair_accuracy": self.accuracy,
             "heldout_accuracy_history": [list(h) for h in self.history],
             "groups_consumed": self.groups_consumed, "duplicates_skipped": self.duplicates_skipped,

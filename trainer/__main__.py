@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     dp.add_argument("--iterations", type=int, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress bars
     from lasro_common.memory import tune_malloc
 
     tune_malloc()  # the trainer moves latents and gradients over HTTP every iteration

@@ -27,13 +27,15 @@ def _accuracy(status: dict) -> tuple[float | None, int]:
     return learner.get("heldout_pair_accuracy"), int(learner.get("heldout_groups") or 0)
 
 
-def wait_consumed(surrogate: SurrogateClient, timeout: float = 300.0) -> dict:
-    """Until the learner has read every group off the stream (lag 0; unknown lag counts as not yet)."""
+def wait_trained(surrogate: SurrogateClient, groups: int, timeout: float = 600.0) -> dict:
+    """Until the learner has buffered `groups` groups and trained off the updates they earned
+    (the stream can be fully delivered long before that, so stream lag alone is not enough)."""
     deadline = time.monotonic() + timeout
     while True:
         status = surrogate.status()
         learner = status.get("learner") or {}
-        if learner.get("stream_lag") == 0 or time.monotonic() > deadline:
+        done = learner.get("groups_consumed", 0) >= groups and learner.get("training_owed", 0) < 1
+        if done or time.monotonic() > deadline:
             return status
         time.sleep(0.5)  # polling another process over HTTP; there is nothing to wait on
 
@@ -50,25 +52,26 @@ def pretrain(cfg: TrainConfig, model: FewStepModel | None = None) -> dict:
     prompts_it = train_prompts(cfg.prompts, cfg.seed + 1)  # other prompts than the fine-tuning run's
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     acc, n_heldout = None, 0
+    start = int((surrogate.status().get("learner") or {}).get("groups_consumed", 0))
+    chunk = max(2 * cfg.prompts_per_iter, cfg.pretrain_groups // 6)  # groups between accuracy checks
     bar = tqdm(total=cfg.pretrain_groups, desc="pretrain", disable=not cfg.progress)
     submitted = 0
     while submitted < cfg.pretrain_groups:  # count what is in flight too, so the budget holds
-        prompts = [next(prompts_it) for _ in range(cfg.prompts_per_iter)]
-        reps = [p for p in prompts for _ in range(cfg.n_noises)]
-        s = model.sample(model.noise(len(reps), gen), model.encode(reps), gen)
-        before = adapt.groups
-        adapt.submit(s.z1, s.z2, prompts, cfg.n_noises, version=0)
-        submitted += 2 * len(prompts)  # one group per prompt for z1 and one for z2
-        bar.update(adapt.groups - before)
-        acc, n_heldout = _accuracy(surrogate.status())
-        bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", heldout=n_heldout)
+        target = min(cfg.pretrain_groups, submitted + chunk)
+        while submitted < target:
+            prompts = [next(prompts_it) for _ in range(cfg.prompts_per_iter)]
+            reps = [p for p in prompts for _ in range(cfg.n_noises)]
+            s = model.sample(model.noise(len(reps), gen), model.encode(reps), gen)
+            adapt.submit(s.z1, s.z2, prompts, cfg.n_noises, version=0)
+            submitted += 2 * len(prompts)  # one group per prompt for z1 and one for z2
+            bar.update(2 * len(prompts))
+        adapt.drain()
+        status = wait_trained(surrogate, start + submitted)  # let the learner catch up, then measure
+        acc, n_heldout = _accuracy(status)
+        bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", heldout=n_heldout, v=status.get("version"))
         if acc is not None and acc >= cfg.pretrain_accuracy and n_heldout >= 8:
             break
-    adapt.drain()
-    bar.update(adapt.groups - bar.n)
     bar.close()
-    status = wait_consumed(surrogate)
-    acc, n_heldout = _accuracy(status)
     adapt.close()
     result = {"groups": adapt.groups, "queries": adapt.queries, "heldout_pair_accuracy": acc,
               "heldout_groups": n_heldout, "surrogate_version": status.get("version")}
