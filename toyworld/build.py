@@ -11,7 +11,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +27,16 @@ from trainer.lcm_loss import ConsistencyDistillationLoss, update_ema
 @dataclass(frozen=True)
 class BuildConfig:
     seed: int = 0  # master seed; every stage derives its own streams from it
-    vae_steps: int = 2000  # VAE optimiser steps
+    vae_steps: int = 1500  # VAE optimiser steps
     vae_batch: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6  # Stable Diffusion-style tiny KL: latents stay informative
-    teacher_steps: int = 4500  # teacher UNet + text encoder steps (ε-objective)
+    teacher_steps: int = 5000  # teacher UNet + text encoder steps (ε-objective)
     teacher_batch: int = 64
     teacher_lr: float = 5e-4
     cfg_dropout: float = 0.1  # prompt replaced by "" this often, so CFG has an unconditional model
     teacher_ema: float = 0.999
-    distill_steps: int = 1500  # consistency-distillation steps (best student kept, see export)
+    distill_steps: int = 1200  # consistency-distillation steps (best student kept, see export)
     distill_batch: int = 32
     distill_lr: float = 5e-5  # low: a higher rate peaks early and then degrades the 2-step model
     w_min: float = 1.0  # guidance w ~ U[w_min, w_max] during distillation (CFG scale = 1 + w)
@@ -259,8 +259,14 @@ def stage_export(cfg: BuildConfig, root: Path, teacher_dir: Path, lcm_dir: Path)
     return info
 
 
-def build(quick: bool = False, stages: tuple[str, ...] = ("vae", "teacher", "distill", "export")) -> None:
+def build(quick: bool = False, stages: tuple[str, ...] = ("vae", "teacher", "distill", "export"),
+          overrides: dict[str, str] | None = None) -> None:
     cfg = QUICK if quick else BuildConfig()
+    fields = {f: type(v) for f, v in asdict(cfg).items()}
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise ValueError(f"unknown build setting {key!r}; known: {', '.join(fields)}")
+        cfg = replace(cfg, **{key: fields[key](value)})
     root = paths.BUILD_DIR / ("quick" if quick else "full")
     models_dir = root / "models" if quick else paths.MODELS_DIR
     timings = {}

@@ -35,9 +35,8 @@ def generate(pipe: DiffusionPipeline, prompts: list[str], steps: int, guidance: 
     out = []
     for i in range(0, len(prompts), batch_size):
         g = torch.Generator().manual_seed(seed * 100_003 + i)
-        kw = {} if is_lcm else {"negative_prompt": None}
         res = pipe(prompts[i : i + batch_size], num_inference_steps=steps, guidance_scale=guidance,
-                   generator=g, output_type="pt", **kw)
+                   generator=g, output_type="pt")
         out.append(res.images.float().clamp(0, 1))
     return torch.cat(out)
 
