@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP_ARGS ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test test-fast lint demo bench clean toyworld
+.PHONY: install test test-fast lint demo bench clean toyworld toyworld-eval toyworld-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,9 +32,16 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.transport
 	$(BIN)/python -m bench.batching
+	$(BIN)/python -m bench.surrogate
 
 toyworld: $(STAMP)
 	$(BIN)/python -m toyworld build
+
+toyworld-eval: $(STAMP)
+	$(BIN)/python -m toyworld evaluate --grids docs/img
+
+toyworld-smoke: $(STAMP)
+	$(BIN)/python -m toyworld build --quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
