@@ -102,6 +102,11 @@ def build(kind: str, model: FewStepModel, *, teacher_model: str | None, batch: i
     if kind == "lcm":
         if not teacher_model:
             raise ValueError("regularizer 'lcm' needs --teacher-model (a diffusers folder or hub id)")
+        if model.text.is_sdxl or model.latent_size != 8:
+            # L_lcm needs data latents of the model's own domain; only the toy world's generator is
+            # wired in, and the distillation loss does not pass SDXL's added conditioning.
+            raise ValueError("regularizer 'lcm' is implemented for the toy world only (its data and SD-family "
+                             "conditioning); use --regularizer anchor for other models")
         return LCMRegularizer(model, teacher_model, batch=batch)
     if kind == "anchor":
         return AnchorRegularizer(model)
