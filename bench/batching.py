@@ -1,5 +1,5 @@
 """Batching benchmark: throughput of the reward service with 32 concurrent clients, dynamic
-micro-batching on vs off, on a batch-friendly reward (bench.rewards:ConvNetReward).
+micro-batching on vs off, on a batch-friendly reward (bench.rewards:ViTReward).
 Target: >= 2x with batching on 2 cores.
 
     python -m bench.batching [--clients 32] [--requests 20]
@@ -25,11 +25,11 @@ async def _load(url: str, clients: int, requests: int, images: int) -> tuple[flo
     async def one_client(rc: AsyncRewardClient):
         for _ in range(requests):
             t = time.perf_counter()
-            await rc.score(x, reward="convnet")
+            await rc.score(x, reward="vit")
             lat.append(time.perf_counter() - t)
 
     async with AsyncRewardClient(url, timeout=300) as rc:
-        await rc.score(x, reward="convnet")  # warm-up
+        await rc.score(x, reward="vit")  # warm-up
         t0 = time.perf_counter()
         await asyncio.gather(*(one_client(rc) for _ in range(clients)))
         return time.perf_counter() - t0, lat
@@ -37,7 +37,7 @@ async def _load(url: str, clients: int, requests: int, images: int) -> tuple[flo
 
 def run(batching: bool, clients: int, requests: int, images: int, threads: int) -> dict:
     port = free_port()
-    args = ["-m", "reward_service", "--port", str(port), "--reward", "bench.rewards:ConvNetReward"]
+    args = ["-m", "reward_service", "--port", str(port), "--reward", "bench.rewards:ViTReward"]
     if not batching:
         args.append("--no-batching")
     env = {"OMP_NUM_THREADS": str(threads), "REWARD_BATCH_MAX_WAIT_MS": "5", "REWARD_BATCH_MAX_SIZE": "64",
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     rows = [run(False, a.clients, a.requests, a.images, a.threads), run(True, a.clients, a.requests, a.images, a.threads)]
     speedup = rows[1]["images_per_s"] / rows[0]["images_per_s"]
-    print_table(f"Batching: {a.clients} concurrent clients x {a.requests} requests x {a.images} image(s), ConvNetReward",
+    print_table(f"Batching: {a.clients} concurrent clients x {a.requests} requests x {a.images} image(s), ViTReward",
                 rows, ["batching", "images_per_s", "p50_ms", "p99_ms", "requests"])
     print(f"\nspeed-up with micro-batching: {speedup:.2f}x (target >= 2x): {'PASS' if speedup >= 2 else 'FAIL'}")
     result = {"rows": rows, "speedup": speedup, "target": 2.0, "pass": speedup >= 2, "args": vars(a)}

@@ -1,6 +1,7 @@
-"""A batch-friendly reward for the batching benchmark: a small convolutional network (the shape
-of a neural reward model such as an aesthetic predictor), random weights, fixed seed. Loaded by
-the service as `--reward bench.rewards:ConvNetReward`."""
+"""A batch-friendly reward for the batching benchmark: a small ViT (the shape of CLIP-style
+reward models such as an aesthetic predictor: patch embedding, transformer layers, a pooled
+head), random weights, fixed seed. Many small ops per call make per-call overhead the cost
+that batching removes. Loaded by the service as `--reward bench.rewards:ViTReward`."""
 
 from __future__ import annotations
 
@@ -10,20 +11,25 @@ from torch import nn
 from reward_service.rewards import Reward
 
 
-class ConvNetReward(Reward):
-    name = "convnet"
-    description = "Benchmark stand-in for a neural reward model: a small CNN at 64x64."
-    input_size = (64, 64)
+class ViTReward(Reward):
+    name = "vit"
+    description = "Benchmark stand-in for a CLIP-style neural reward: a 6-layer ViT at 32x32, patch 4."
+    input_size = (32, 32)
 
     def setup(self, device: str) -> None:
         torch.manual_seed(0)
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 2, 1), nn.SiLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.SiLU(),
-            nn.Conv2d(64, 128, 3, 2, 1), nn.SiLU(), nn.Conv2d(128, 128, 3, 2, 1), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 1)).eval().to(device)
+        d = 128
+        self.patch = nn.Conv2d(3, d, 4, 4)
+        self.pos = nn.Parameter(torch.randn(1, 64, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 1)
+        for m in (self.patch, self.encoder, self.head):
+            m.eval().to(device)
         self.device = device
 
     @torch.inference_mode()
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         x = nn.functional.interpolate(images.to(self.device), size=self.input_size, mode="bilinear")
-        return self.net(x).squeeze(1).cpu()
+        tokens = self.patch(x).flatten(2).transpose(1, 2) + self.pos  # (B, 64, d)
+        return self.head(self.encoder(tokens).mean(1)).squeeze(1).cpu()
