@@ -27,7 +27,8 @@ class TrainConfig(BaseSettings):
     teacher_model: str | None = Field(default_factory=lambda: _toy("TEACHER_DIR"), description="Teacher pipeline for the lcm regulariser.")
     device: str = Field("cpu", description="Torch device.")
     mixed_precision: str = Field("no", description="no | fp16 | bf16 (autocast on GPU).")
-    lora_rank: int = Field(0, ge=0, description="LoRA rank; 0 = full fine-tuning.")
+    lora_rank: int = Field(None, ge=0, validate_default=False,  # type: ignore[assignment]
+                           description="LoRA rank; 0 = full fine-tuning. Default: 64 for the SDXL family (memory), else 0.")
     lcm_lora: str | None = Field(None, description="LCM-LoRA (hub id, folder or file) fused into a non-LCM base model first.")
     guidance_scale: float = Field(None, ge=1.0, validate_default=False,  # type: ignore[assignment]
                                   description="LCM guidance scale (the UNet sees w = guidance_scale − 1); default: the toy world's for the toy LCM, else 8.0.")
@@ -79,6 +80,8 @@ class TrainConfig(BaseSettings):
 
             base = data.get("base_model") or str(LCM_DIR)
             data = {**data, "guidance_scale": LCM_GUIDANCE if Path(base).resolve() == LCM_DIR.resolve() else 8.0}
+        if isinstance(data, dict) and data.get("lora_rank") is None:
+            data = {**data, "lora_rank": 64 if _is_sdxl(data.get("base_model")) else 0}
         return data
 
     @model_validator(mode="after")
@@ -102,6 +105,16 @@ class TrainConfig(BaseSettings):
             if not getattr(self, u).startswith(("http://", "https://")):
                 raise ValueError(f"{u} must start with http:// or https://")
         return self
+
+
+def _is_sdxl(base_model: str | None) -> bool:
+    """SDXL family (SDXL, SSD-1B, SDXL-Turbo, LCM-SDXL): the pipeline has a second text encoder."""
+    if not base_model:
+        return False
+    from surrogate_service.text import read_pipeline_json
+
+    index = read_pipeline_json(str(base_model), "model_index.json") or {}
+    return "text_encoder_2" in index or "XL" in str(index.get("_class_name", ""))
 
 
 def add_arguments(parser: argparse.ArgumentParser, model: type[BaseSettings]) -> None:
