@@ -22,6 +22,18 @@ def stats_ms(samples_s: list[float]) -> dict[str, float]:
             "mean_ms": float(a.mean()), "n": len(a)}
 
 
+def time_calls(fn, iters: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of `iters` calls of `fn`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
 def print_table(title: str, rows: list[dict], cols: list[str]) -> None:
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
     print(f"\n{title}")

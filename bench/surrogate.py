@@ -23,7 +23,7 @@ from lasro_common.records import SampleGroup
 from surrogate_service.client import SurrogateClient
 from surrogate_service.model import load_surrogate, score_and_grad
 
-from .common import free_port, print_table, spawn, stats_ms, write_json
+from .common import free_port, print_table, spawn, stats_ms, time_calls, write_json
 
 
 def _perturbed(model) -> dict:
@@ -35,30 +35,15 @@ def bench_grad(name: str, base: str, shape: tuple[int, ...], iters: int) -> dict
     z = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     prompts = [f"a red circle {i % 3}" for i in range(shape[0])]
     model, text = load_surrogate(base, head_channels=64)
-    cond = text.encode(prompts, latent_size=tuple(shape[-2:]))
-
-    def local():
-        score_and_grad(model, z, text.encode(prompts, latent_size=tuple(shape[-2:])), 2)
-
-    local()
-    t_local = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        local()
-        t_local.append(time.perf_counter() - t)
-    del cond
+    t_local = time_calls(lambda: score_and_grad(model, z, text.encode(prompts, latent_size=tuple(shape[-2:])), 2),
+                         iters)
     port = free_port()
     proc = spawn(["-m", "surrogate_service", "--port", str(port), "--base-model", base, "--no-learn"],
                  f"http://127.0.0.1:{port}/readyz", env={"SURROGATE_HEAD_CHANNELS": "64", "SURROGATE_MAX_LATENT_SIDE": "256",
                                                           "SURROGATE_LOG_LEVEL": "warning"})
     try:
         with SurrogateClient(f"http://127.0.0.1:{port}") as sc:
-            sc.grad(z, prompts, 2)
-            t_http = []
-            for _ in range(iters):
-                t = time.perf_counter()
-                sc.grad(z, prompts, 2)
-                t_http.append(time.perf_counter() - t)
+            t_http = time_calls(lambda: sc.grad(z, prompts, 2), iters)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -22,20 +22,9 @@ import numpy as np
 from lasro_common import SAFETENSORS_MEDIA_TYPE, codec
 from lasro_common.client import SyncClient
 
-from .common import free_port, print_table, spawn, stats_ms, write_json
+from .common import free_port, print_table, spawn, stats_ms, time_calls, write_json
 
 SHAPE = (16, 4, 128, 128)
-
-
-def _time(fn, iters: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def bench_raw(port: int, x: np.ndarray, iters: int) -> list[float]:
@@ -53,7 +42,7 @@ def bench_raw(port: int, x: np.ndarray, iters: int) -> list[float]:
         np.frombuffer(view[8:], dtype=np.float16).reshape(SHAPE)
 
     try:
-        return _time(once, iters)
+        return time_calls(once, iters, warmup=5)
     finally:
         sock.close()
 
@@ -93,9 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
                                headers={"Content-Type": "application/json"})
             np.asarray(r.json()["data"], dtype=np.float16)
 
-        rows.append({"transport": "service: safetensors", **stats_ms(_time(st, args.iters))})
-        rows.append({"transport": "service: JSON + base64", **stats_ms(_time(b64, max(20, args.iters // 4)))})
-        rows.append({"transport": "service: JSON lists", **stats_ms(_time(lists, args.list_iters, warmup=1))})
+        rows.append({"transport": "service: safetensors", **stats_ms(time_calls(st, args.iters, warmup=5))})
+        rows.append({"transport": "service: JSON + base64", **stats_ms(time_calls(b64, max(20, args.iters // 4), warmup=5))})
+        rows.append({"transport": "service: JSON lists", **stats_ms(time_calls(lists, args.list_iters, warmup=1))})
         client.close()
     finally:
         raw.kill()
