@@ -315,6 +315,8 @@ class Learner:
             self._dirty = True
             if self.updates % self.s.publish_every == 0:
                 self._publish()
+            if self.updates % self.s.eval_every == 0:
+                self._evaluate()
 
     def heldout_accuracy(self) -> float | None:
         """Pair accuracy of the training copy on the most recent held-out groups."""
@@ -328,6 +330,10 @@ class Learner:
         self.version += 1
         # load_state_dict in the slot copies the tensors into a fresh serving model.
         self.slot.publish(self.model.state_dict(), self.version)
+
+    def _evaluate(self) -> None:
+        """Held-out pair accuracy, every `eval_every` updates (scoring the held-out groups costs
+        more than several updates, so it is not done at every publish)."""
         self.accuracy = self.heldout_accuracy()
         if self.accuracy is not None:
             self.history = (self.history + [[self.version, self.accuracy]])[-HISTORY:]

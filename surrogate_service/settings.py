@@ -49,6 +49,7 @@ class SurrogateSettings(ServiceSettings):
     margin: float = Field(1e-3, ge=0, description="Pairs whose true rewards differ by less are skipped.")
     holdout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of incoming groups held out for pair accuracy.")
     publish_every: int = Field(10, ge=1, description="Publish a new serving version every k updates.")
+    eval_every: int = Field(50, ge=1, description="Measure held-out pair accuracy every k updates.")
     max_deliveries: int = Field(3, ge=1, description="An entry failing this many times goes to the dead-letter stream.")
     claim_idle_ms: int = Field(60_000, ge=0, description="Pending entries idle this long are reclaimed (XAUTOCLAIM).")
 

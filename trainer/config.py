@@ -65,6 +65,7 @@ class TrainConfig(BaseSettings):
     # --- pretrain ---
     pretrain_groups: int = Field(256, ge=0, description="Budget of sample groups (prompt × step) for pretraining.")
     pretrain_accuracy: float = Field(0.75, ge=0.5, le=1.0, description="Stop pretraining at this held-out pair accuracy.")
+    pretrain_timeout_s: float = Field(1800.0, gt=0, description="Longest wait for the learner to train off the pretraining groups.")
     # --- outputs ---
     out: Path = Field(Path("runs/train"), description="Output folder: checkpoints, TensorBoard, metrics, grids, report.")
     resume: bool = Field(False, description="Resume from out/checkpoint if present.")

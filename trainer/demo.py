@@ -28,7 +28,8 @@ from .loop import train
 from .pretrain import pretrain
 
 # Demo-sized settings of the surrogate learner (see surrogate_service/settings.py for each).
-SURROGATE_ENV = {"SURROGATE_LR": "3e-4", "SURROGATE_UPDATES_PER_GROUP": "4", "SURROGATE_PUBLISH_EVERY": "5",
+SURROGATE_ENV = {"SURROGATE_LR": "3e-4", "SURROGATE_UPDATES_PER_GROUP": "1", "SURROGATE_PUBLISH_EVERY": "5",
+                 "SURROGATE_EVAL_EVERY": "100",
                  "SURROGATE_PAIRS_PER_UPDATE": "32", "SURROGATE_CHECKPOINT_EVERY_S": "30",
                  "SURROGATE_HEAD_CHANNELS": "64", "SURROGATE_HOLDOUT_FRACTION": "0.1"}
 
@@ -86,6 +87,7 @@ def demo(out: Path, reward: str = "toy_attribute_binding", overrides: dict | Non
         summary = train(cfg)
     summary = {"reward": reward, "before": summary["before"], "after": summary["after"],
                "before_std": summary["before_std"], "after_std": summary["after_std"],
+               "tracking": summary["tracking"],
                "queries": summary["queries"] + pre["queries"], "queries_pretrain": pre["queries"],
                "queries_finetune": summary["queries"], "eval_queries": summary["eval_queries"],
                "pretrain": pre, "blocked_fraction": summary["blocked_fraction"],
@@ -98,6 +100,6 @@ def demo(out: Path, reward: str = "toy_attribute_binding", overrides: dict | Non
 # Demo-sized LaSRO settings, chosen from the runs recorded in docs/demo.md: a slow generator
 # (lr) held by a strong regulariser (c), and samples streamed to the learner only as fast as it
 # can train on them (adapt_every), since a stale surrogate is what gets hacked.
-DEMO_DEFAULTS: dict = {"iterations": 300, "prompts_per_iter": 4, "n_noises": 8, "lr": 2e-5, "c": 100.0,
-                       "regularizer": "anchor", "adapt_every": 2, "eval_every": 50, "checkpoint_every": 100,
-                       "pretrain_groups": 384, "pretrain_accuracy": 0.75}
+DEMO_DEFAULTS: dict = {"iterations": 400, "prompts_per_iter": 4, "n_noises": 8, "lr": 5e-5, "c": 100.0,
+                       "regularizer": "anchor", "adapt_every": 2, "eval_every": 50, "eval_seeds": 4,
+                       "checkpoint_every": 100, "pretrain_groups": 2048, "pretrain_accuracy": 0.85}

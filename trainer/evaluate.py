@@ -30,7 +30,23 @@ class EvalResult:
             out[f"true_{k}"], out[f"true_{k}_std"] = float(v.mean()), float(per_prompt.std())
         for k, v in (self.surrogate or {}).items():
             out[f"surrogate_{k}"] = float(v.mean())
+            out[f"tracking_{k}"] = tracking(v, self.true[k], len(self.prompts))
         return out
+
+
+def tracking(sur: np.ndarray, true: np.ndarray, n_prompts: int) -> float | None:
+    """Does the surrogate track the true reward on the model's *current* samples? Pair accuracy
+    over same-prompt pairs (the seeds of one held-out prompt) whose true rewards differ: the
+    fraction the surrogate orders like the true reward (ties 1/2; 0.5 = no tracking). None if
+    no such pair. Scale-free, so it stays comparable while the learner re-trains R_psi."""
+    s, t = sur.reshape(n_prompts, -1), true.reshape(n_prompts, -1)  # (P, S)
+    dt = t[:, :, None] - t[:, None, :]  # (P, S, S)
+    ds = s[:, :, None] - s[:, None, :]
+    mask = dt > 1e-6
+    if not mask.any():
+        return None
+    d = ds[mask]
+    return float((d > 0).mean() + 0.5 * (d == 0).mean())
 
 
 @torch.no_grad()

@@ -194,6 +194,7 @@ def train(cfg: TrainConfig) -> dict:
         "after": {"1step": after["true_1step"], "2step": after["true_2step"]},
         "before_std": {"1step": state["before"]["true_1step_std"], "2step": state["before"]["true_2step_std"]},
         "after_std": {"1step": after["true_1step_std"], "2step": after["true_2step_std"]},
+        "tracking": {k: after.get(f"tracking_{k}") for k in ("1step", "2step")},
         "queries": state["queries"],
         "eval_queries": state["eval_queries"],
         "iterations": state["iteration"],

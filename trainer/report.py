@@ -60,7 +60,7 @@ class RunLog:
 
     def eval(self, it: int, summary: dict, ev) -> None:
         for k, v in summary.items():
-            if k != "iteration":
+            if k != "iteration" and v is not None:
                 self.writer.add_scalar(f"eval/{k}", v, it)
         self._write("eval", summary)
         self.last_eval = summary
@@ -89,12 +89,17 @@ def plot_curves(out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     train, evals = _rows(out)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     its = [r["iteration"] for r in evals]
     for k, color in (("1step", "tab:blue"), ("2step", "tab:orange")):
         axes[0].plot(its, [r[f"true_{k}"] for r in evals], "o-", color=color, label=f"true {k}")
         if evals and f"surrogate_{k}" in evals[0]:
             axes[1].plot(its, [r[f"surrogate_{k}"] for r in evals], "s--", color=color, label=f"surrogate {k}")
+        if evals and f"tracking_{k}" in evals[0]:
+            axes[3].plot(its, [r[f"tracking_{k}"] if r[f"tracking_{k}"] is not None else float("nan") for r in evals],
+                         "o-", color=color, label=f"{k}")
+    axes[3].axhline(0.5, color="grey", lw=1, ls=":")
+    axes[3].set_title("surrogate tracks true reward: held-out pair accuracy")
     axes[0].set_title("held-out true reward")
     axes[1].set_title("held-out surrogate score (same samples)")
     ti = [r["iteration"] for r in train]
