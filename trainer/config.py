@@ -51,6 +51,8 @@ class TrainConfig(BaseSettings):
     prompts_per_iter: int = Field(8, ge=1, description="Distinct prompts per iteration.")
     n_noises: int = Field(4, ge=2, description="N_s: initial noises per prompt (off-policy exploration; group size).")
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate of the generator.")
+    lr_schedule: str = Field("constant", description="constant | cosine (from lr down to lr_final_ratio·lr at the last iteration).")
+    lr_final_ratio: float = Field(0.1, ge=0, le=1, description="Cosine schedule: final lr as a fraction of lr.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping of the generator.")
     c: float = Field(1.0, ge=0, description="Weight c of the regulariser.")
@@ -94,6 +96,8 @@ class TrainConfig(BaseSettings):
             raise ValueError(f"regularizer must be one of {REGS}, got {self.regularizer!r}")
         if self.normalizer not in NORMS:
             raise ValueError(f"normalizer must be one of {NORMS}, got {self.normalizer!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.mixed_precision != "no" and self.device == "cpu":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,6 +46,14 @@ class ServiceGone(SystemExit):
 def iteration_generator(seed: int, rank: int, it: int) -> torch.Generator:
     """Noises and data of iteration `it` on process `rank`: reproducible, so resuming needs no RNG state."""
     return torch.Generator().manual_seed(seed * 1_000_003 + rank * 10_007 + it)
+
+
+def lr_at(cfg: TrainConfig, it: int) -> float:
+    """Generator learning rate at iteration `it` (a pure function of it: resuming needs no state)."""
+    if cfg.lr_schedule == "constant" or cfg.iterations <= 1:
+        return cfg.lr
+    frac = min(it / (cfg.iterations - 1), 1.0)
+    return cfg.lr * (cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
@@ -151,6 +160,8 @@ def train(cfg: TrainConfig) -> dict:
             if world > 1:
                 average_gradients(params, world)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, it)
             opt.step()
             reg.after_step()
 
@@ -163,7 +174,7 @@ def train(cfg: TrainConfig) -> dict:
             row = {"iteration": it + 1, "loss": loss.item(), "l_reg": l_reg.item(), "l_r1": l_r1.item(),
                    "l_r2": l_r2.item(), "surrogate_1step_train": float(r1.scores.mean()),
                    "surrogate_2step_train": float(r2.scores.mean()), "surrogate_version": r2.version,
-                   "grad_norm": float(grad_norm), "queries": adapt.queries, "groups": adapt.groups}
+                   "grad_norm": float(grad_norm), "lr": lr_at(cfg, it), "queries": adapt.queries, "groups": adapt.groups}
             if main:
                 run.train(it + 1, row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", v=r2.version, q=adapt.queries)
