@@ -15,13 +15,13 @@ from collections.abc import Callable
 
 import redis
 import torch
-import torch.nn.functional as F
 
 from lasro_common.errors import InvalidInput
 from lasro_common.records import DEAD_LETTER_SUFFIX, SampleGroup
 
-from .buffer import BufferedGroup, ReplayBuffer, is_heldout, pair_accuracy, score_items
+from .buffer import BufferedGroup, ReplayBuffer, is_heldout
 from .checkpoint import load_checkpoint, save_checkpoint
+from .fit import Fitter
 from .follow import write_published
 from .model import SurrogateReward
 from .settings import SurrogateSettings
@@ -31,8 +31,6 @@ from .text import TextEncoderBundle
 log = logging.getLogger(__name__)
 READ_COUNT = 16  # entries per XREADGROUP / XAUTOCLAIM call
 MAX_STEPS_PER_ITER = 8  # bound one iteration so reads, checkpoints and stop() stay responsive
-EVAL_MAX_GROUPS = 256  # held-out groups scored per publish (most recent), bounds eval cost
-HISTORY = 50
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError, OSError)
 
 
@@ -50,23 +48,15 @@ class Learner:
                  settings: SurrogateSettings, redis_factory: Callable[[], redis.Redis]) -> None:
         self.model, self.text, self.slot, self.s = model, text, slot, settings
         self.redis_factory = redis_factory
-        # The slot may have frozen a shared module; the training copy must train.
-        model.requires_grad_(True)
-        if model.freeze_backbone:
-            model.backbone.requires_grad_(False)
-        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                     lr=settings.lr, weight_decay=settings.weight_decay)
+        self.fit = Fitter(model, text, slot, settings)  # how R_psi trains; this class: when
         self.replay = ReplayBuffer(settings.buffer_groups, settings.margin)
         self.heldout = ReplayBuffer(self._heldout_capacity(), settings.margin)
-        self.gen = torch.Generator().manual_seed(0)
-        self.version, self.updates, self.credit = slot.version, 0, 0.0
+        self.credit = 0.0
         self.groups_consumed = self.duplicates_skipped = self.dead_letters = 0
         self.processed: set[str] = set()  # entry ids handled (buffered, skipped or dead-lettered)
         self.unacked: dict[str, None] = {}  # processed since the last checkpoint (ordered set)
         self.to_ack: list[str] = []  # durably checkpointed, XACK not yet confirmed by Redis
         self.retry: list[str] = []  # entries that failed and will be XCLAIMed again
-        self.accuracy: float | None = None
-        self.history: list[list[float]] = []
         self.stream_lag: int | None = None
         self.pending: int | None = None
         self.redis_connected, self.last_error = False, None
@@ -88,12 +78,9 @@ class Learner:
         state = load_checkpoint(self.s.checkpoint_dir)
         if state is None:
             return False
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
         self.replay = ReplayBuffer.from_state(state["replay"], self.s.buffer_groups, self.s.margin)
         self.heldout = ReplayBuffer.from_state(state["heldout"], self._heldout_capacity(),
                                                self.s.margin)
-        self.version, self.updates = int(state["version"]), int(state["updates"])
         self.credit = float(state["credit"])
         self.groups_consumed = int(state["groups_consumed"])
         self.duplicates_skipped = int(state["duplicates_skipped"])
@@ -101,10 +88,8 @@ class Learner:
         self.processed = set(state["processed"])
         # The crash may have happened between the checkpoint and its XACK: ack those again.
         self.to_ack = list(state["unacked"])
-        self.history = [list(h) for h in state["history"]]
-        self.accuracy = self.history[-1][1] if self.history else None
-        self.slot.publish(self.model.state_dict(), self.version)
-        log.info("restored learner checkpoint: version %d, %d+%d groups", self.version,
+        self.fit.load(state)  # weights, optimiser, version, accuracy history; publishes them
+        log.info("restored learner checkpoint: version %d, %d+%d groups", self.fit.version,
                  len(self.replay), len(self.heldout))
         return True
 
@@ -299,44 +284,12 @@ class Learner:
     # ---------------------------------------------------------------- training
     def _train(self, steps: int) -> None:
         for _ in range(steps):
-            pairs = self.replay.sample_pairs(self.s.pairs_per_update, self.gen)
             self.credit -= 1
-            if not pairs:
-                continue
-            self.model.train()
-            items = [(g, w) for g, w, _ in pairs] + [(g, lo) for g, _, lo in pairs]
-            sc = score_items(self.model, self.text, items, grad=True)  # (2P,): winners, losers
-            n = len(pairs)
-            loss = -F.logsigmoid(sc[:n] - sc[n:]).mean()  # Bradley-Terry
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            self.updates += 1
-            self._dirty = True
-            if self.updates % self.s.publish_every == 0:
-                self._publish()
-            if self.updates % self.s.eval_every == 0:
-                self._evaluate()
+            if self.fit.step(self.replay, self.heldout):
+                self._dirty = True
 
     def heldout_accuracy(self) -> float | None:
-        """Pair accuracy of the training copy on the most recent held-out groups."""
-        self.model.eval()
-        try:
-            return pair_accuracy(self.model, self.text, self.heldout.groups[-EVAL_MAX_GROUPS:])
-        finally:
-            self.model.train()
-
-    def _publish(self) -> None:
-        self.version += 1
-        # load_state_dict in the slot copies the tensors into a fresh serving model.
-        self.slot.publish(self.model.state_dict(), self.version)
-
-    def _evaluate(self) -> None:
-        """Held-out pair accuracy, every `eval_every` updates (scoring the held-out groups costs
-        more than several updates, so it is not done at every publish)."""
-        self.accuracy = self.heldout_accuracy()
-        if self.accuracy is not None:
-            self.history = (self.history + [[self.version, self.accuracy]])[-HISTORY:]
+        return self.fit.heldout_accuracy(self.heldout.groups)
 
     # ---------------------------------------------------------------- checkpoint + ack
     def _prune_processed(self) -> None:
@@ -355,12 +308,10 @@ class Learner:
         except REDIS_DOWN as e:
             self._disconnected(e)
         save_checkpoint(self.s.checkpoint_dir, {
-            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "replay": self.replay.state(), "heldout": self.heldout.state(),
-            "version": self.version, "updates": self.updates, "credit": self.credit,
+            **self.fit.state(), "replay": self.replay.state(), "heldout": self.heldout.state(), "credit": self.credit,
             "groups_consumed": self.groups_consumed, "dead_letters": self.dead_letters,
             "duplicates_skipped": self.duplicates_skipped, "processed": sorted(self.processed),
-            "unacked": list(self.unacked) + self.to_ack, "history": self.history})
+            "unacked": list(self.unacked) + self.to_ack})
         write_published(self.s.checkpoint_dir, *self.slot.get())  # for read replicas (follow.py)
         self._last_ckpt, self._dirty = time.monotonic(), False
         # Only now is every buffered entry durable: acknowledge them.
@@ -373,11 +324,11 @@ class Learner:
 
     def status(self) -> dict:
         return {
-            "version": self.version, "updates": self.updates,
+            "version": self.fit.version, "updates": self.fit.updates,
             "buffer_groups": len(self.replay), "heldout_groups": len(self.heldout),
             "replay_pairs": self.replay.num_pairs, "training_owed": int(self.credit),
-            "heldout_pair_accuracy": self.accuracy,
-            "heldout_accuracy_history": [list(h) for h in self.history],
+            "heldout_pair_accuracy": self.fit.accuracy,
+            "heldout_accuracy_history": [list(h) for h in self.fit.history],
             "groups_consumed": self.groups_consumed, "duplicates_skipped": self.duplicates_skipped,
             "dead_letters": self.dead_letters, "stream_lag": self.stream_lag,
             "pending": self.pending, "unacked": len(self.unacked) + len(self.to_ack),
