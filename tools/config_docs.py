@@ -33,6 +33,11 @@ SURROGATE_FLAGS = {"host": "--host", "port": "--port", "base_model": "--base-mod
                    "checkpoint_dir": "--checkpoint-dir", "device": "--device", "learn": "--no-learn"}
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: a bare | would split the row into another column."""
+    return text.replace("|", "\\|")
+
+
 def section(title: str, cls: type[BaseSettings], cli: str, flags: dict[str, str] | None = None) -> str:
     prefix = cls.model_config.get("env_prefix", "")
     lines = [f"\n## {title}\n", f"Environment prefix `{prefix}`; command `{cli}`.\n",
@@ -40,7 +45,7 @@ def section(title: str, cls: type[BaseSettings], cli: str, flags: dict[str, str]
     for name, f in cls.model_fields.items():
         flag = f"--{name.replace('_', '-')}" if flags is None else flags.get(name, "")
         flag = f"`{flag}`" if flag else ""
-        lines.append(f"| `{prefix}{name.upper()}` | {flag} | {_default(f)} | {f.description or ''} |")
+        lines.append(f"| `{prefix}{name.upper()}` | {flag} | {_default(f)} | {_cell(f.description or '')} |")
     return "\n".join(lines) + "\n"
 
 

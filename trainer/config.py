@@ -51,7 +51,7 @@ class TrainConfig(BaseSettings):
     prompts_per_iter: int = Field(8, ge=1, description="Distinct prompts per iteration.")
     n_noises: int = Field(4, ge=2, description="N_s: initial noises per prompt (off-policy exploration; group size).")
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate of the generator.")
-    lr_schedule: str = Field("constant", description="constant | cosine (from lr down to lr_final_ratio·lr at the last iteration).")
+    lr_schedule: str = Field("constant", description="constant or cosine (from lr down to lr_final_ratio·lr at the last iteration).")
     lr_final_ratio: float = Field(0.1, ge=0, le=1, description="Cosine schedule: final lr as a fraction of lr.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping of the generator.")
