@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     dp.add_argument("--out", type=Path, default=Path("runs/demo"))
     dp.add_argument("--reward", default="toy_attribute_binding", help="toy_attribute_binding or jpeg_compressibility")
     dp.add_argument("--iterations", type=int, default=None)
+    dp.add_argument("--seed", type=int, default=None, help="seed of prompts and noises (bench.trainer_blocking uses 0, 1, 2)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress bars
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import demo
 
-            over = {"iterations": args.iterations} if args.iterations else {}
+            over = {k: v for k, v in (("iterations", args.iterations), ("seed", args.seed)) if v is not None}
             s = demo(args.out, args.reward, over)
             print(_table(s))
             print(f"\nreport: {args.out / 'report.html'}\nsummary: {args.out / 'summary.json'}")
