@@ -16,11 +16,12 @@ import itertools
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from surrogate_service.buffer import BufferedGroup, ReplayBuffer, pair_accuracy, score_items
+from surrogate_service.buffer import BufferedGroup, ReplayBuffer
+from surrogate_service.fit import Fitter
 from surrogate_service.model import load_surrogate
+from surrogate_service.settings import SurrogateSettings
 
 from .common import print_table, write_json
 
@@ -49,37 +50,25 @@ def make_groups(prompts: list[str], n_noises: int, seed: int) -> list[BufferedGr
     return out
 
 
-def heldout_by_head(model, text, heldout: list[BufferedGroup]) -> dict[int, float | None]:
-    model.eval()
-    try:
-        return {h: pair_accuracy(model, text, [g for g in heldout if g.step == h]) for h in (1, 2)}
-    finally:
-        model.train()
-
-
 def train_budget(train: list[BufferedGroup], heldout: list[BufferedGroup], updates: int, pairs: int, lr: float,
                  head_channels: int, evals: int, seed: int) -> list[dict]:
+    """A fresh R_psi trained by the learner's own Fitter (surrogate_service/fit.py) on `train`."""
     from toyworld.paths import LCM_DIR
 
     torch.manual_seed(seed)
     model, text = load_surrogate(str(LCM_DIR), head_channels=head_channels)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
-    buf = ReplayBuffer(len(train), margin=1e-3)
+    settings = SurrogateSettings(base_model=str(LCM_DIR), lr=lr, pairs_per_update=pairs, head_channels=head_channels,
+                                 eval_every=updates + 1)  # accuracy is measured here, per head
+    fit = Fitter(model, text, None, settings)
+    fit.gen.manual_seed(seed)
+    buf = ReplayBuffer(len(train), margin=settings.margin)
     for g in train:
         buf.add(g)
-    gen = torch.Generator().manual_seed(seed)
     points, t0 = [], time.perf_counter()
     for u in tqdm(range(1, updates + 1), desc=f"{len(train)} groups", leave=False):
-        sampled = buf.sample_pairs(pairs, gen)  # the learner's update (surrogate_service/learner.py)
-        items = [(g, w) for g, w, _ in sampled] + [(g, lo) for g, _, lo in sampled]
-        sc = score_items(model, text, items, grad=True)
-        loss = -F.logsigmoid(sc[: len(sampled)] - sc[len(sampled) :]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        fit.step(buf, buf)
         if u % max(1, updates // evals) == 0 or u == updates:
-            acc = heldout_by_head(model, text, heldout)
+            acc = {h: fit.heldout_accuracy([g for g in heldout if g.step == h]) for h in (1, 2)}
             points.append({"updates": u, "acc_1step": acc[1], "acc_2step": acc[2], "s": time.perf_counter() - t0})
     return points
 
@@ -89,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--groups", type=int, nargs="+", default=[384, 1024, 3072], help="training budgets (groups, both steps)")
-    p.add_argument("--heldout-prompts", type=int, default=256)
+    p.add_argument("--heldout-prompts", type=int, default=256, help="at most 256: the learner scores its 256 newest held-out groups")
     p.add_argument("--n-noises", type=int, default=8)
     p.add_argument("--updates", type=int, default=2000)
     p.add_argument("--pairs", type=int, default=32, help="pairs per update (the demo's)")
@@ -97,7 +86,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--head-channels", type=int, default=64)
     p.add_argument("--evals", type=int, default=4)
     a = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     biggest = max(a.groups)
     train = make_groups(list(itertools.islice(train_caption_stream(0), (biggest + 1) // 2)), a.n_noises, seed=0)
     held = ReplayBuffer(2 * a.heldout_prompts, margin=1e-3)  # derives each group's eligible pairs

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -25,15 +26,17 @@ def checkpoint_path(checkpoint_dir: str | os.PathLike) -> Path:
     return Path(checkpoint_dir) / CHECKPOINT_NAME
 
 
-def save_checkpoint(checkpoint_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Durably write ``state`` (tensors/containers of primitives only); return the path."""
-    folder = Path(checkpoint_dir)
+def atomic_write(folder: str | os.PathLike, name: str, write: Callable[[BinaryIO], None]) -> Path:
+    """Durably replace ``folder/name`` with what ``write(file)`` writes: a temp file in the same
+    folder, fsynced, ``os.replace``d over the old one, then the folder fsynced. A crash at any
+    point leaves the old or the new file, never a torn one."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(folder)
-    fd, tmp = tempfile.mkstemp(prefix=".learner-", suffix=".tmp", dir=folder)
+    final = folder / name
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT_VERSION, **state}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -47,6 +50,11 @@ def save_checkpoint(checkpoint_dir: str | os.PathLike, state: dict[str, Any]) ->
     finally:
         os.close(dfd)
     return final
+
+
+def save_checkpoint(checkpoint_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Durably write ``state`` (tensors/containers of primitives only); return the path."""
+    return atomic_write(checkpoint_dir, CHECKPOINT_NAME, lambda f: torch.save({"format": FORMAT_VERSION, **state}, f))
 
 
 def load_checkpoint(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -18,8 +18,9 @@ HISTORY = 50  # [version, accuracy] points kept for /status
 
 
 class Fitter:
-    def __init__(self, model: SurrogateReward, text: TextEncoderBundle, slot: ModelSlot,
+    def __init__(self, model: SurrogateReward, text: TextEncoderBundle, slot: ModelSlot | None,
                  settings: SurrogateSettings) -> None:
+        """`slot` None: train only, never publish (offline studies, bench/surrogate_data.py)."""
         self.model, self.text, self.slot, self.s = model, text, slot, settings
         # The slot may have frozen a shared module; the training copy must train.
         model.requires_grad_(True)
@@ -28,7 +29,7 @@ class Fitter:
         self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                      lr=settings.lr, weight_decay=settings.weight_decay)
         self.gen = torch.Generator().manual_seed(0)
-        self.version, self.updates = slot.version, 0
+        self.version, self.updates = (slot.version if slot else 0), 0
         self.accuracy: float | None = None
         self.history: list[list[float]] = []
 
@@ -46,7 +47,7 @@ class Fitter:
         loss.backward()
         self.opt.step()
         self.updates += 1
-        if self.updates % self.s.publish_every == 0:
+        if self.slot is not None and self.updates % self.s.publish_every == 0:
             self.publish()
         if self.updates % self.s.eval_every == 0:
             self.evaluate(heldout.groups)
@@ -57,7 +58,6 @@ class Fitter:
         # load_state_dict in the slot copies the tensors into a fresh serving model.
         self.slot.publish(self.model.state_dict(), self.version)
 
-    @torch.no_grad()
     def heldout_accuracy(self, groups: list[BufferedGroup]) -> float | None:
         """Pair accuracy of the training copy on the most recent held-out groups."""
         self.model.eval()

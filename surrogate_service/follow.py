@@ -10,14 +10,14 @@ Replicas lag the learner by at most checkpoint_every_s + follow_every_s.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save
 
+from .checkpoint import atomic_write
 from .slot import ModelSlot
 
 log = logging.getLogger(__name__)
@@ -25,20 +25,18 @@ PUBLISHED = "published.safetensors"
 
 
 def write_published(folder: Path, model: torch.nn.Module, version: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (PUBLISHED + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={"version": str(version)})
-    os.replace(tmp, folder / PUBLISHED)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(folder, PUBLISHED, lambda f: f.write(save(tensors, metadata={"version": str(version)})))
 
 
 def read_published(folder: Path) -> tuple[dict[str, torch.Tensor], int] | None:
+    """Weights and version from ONE open of the file, so they always belong together (a replace
+    by the learner between two opens would label new weights with the old version)."""
     path = folder / PUBLISHED
     if not path.is_file():
         return None
     with safe_open(str(path), framework="pt") as f:
-        version = int(f.metadata().get("version", "0"))
-    return load_file(str(path)), version
+        return {k: f.get_tensor(k) for k in f.keys()}, int(f.metadata().get("version", "0"))  # noqa: SIM118
 
 
 class Follower:
@@ -60,7 +58,10 @@ class Follower:
             return False
         got = read_published(self.folder)
         self._mtime = mtime
-        if got is None or got[1] <= self.slot.version:
+        if got is not None and got[1] < self.slot.version:
+            raise RuntimeError(f"published version {got[1]} is older than the served {self.slot.version} (did the "
+                               "learner restart without its checkpoint?); still serving the newer one")
+        if got is None or got[1] == self.slot.version:
             return False
         self.slot.publish(*got)
         log.info("following: now serving version %d", got[1])
@@ -69,8 +70,8 @@ class Follower:
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
             try:
-                self.poll()
-                self.last_error = None
+                if self.poll():
+                    self.last_error = None
             except Exception as e:  # a half-visible file or a mismatch: keep serving, say so in /status
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.warning("following %s failed: %s", self.folder, e)

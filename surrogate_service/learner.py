@@ -52,6 +52,7 @@ class Learner:
         self.replay = ReplayBuffer(settings.buffer_groups, settings.margin)
         self.heldout = ReplayBuffer(self._heldout_capacity(), settings.margin)
         self.credit = 0.0
+        self._published_version: int | None = None  # last version written for replicas
         self.groups_consumed = self.duplicates_skipped = self.dead_letters = 0
         self.processed: set[str] = set()  # entry ids handled (buffered, skipped or dead-lettered)
         self.unacked: dict[str, None] = {}  # processed since the last checkpoint (ordered set)
@@ -312,7 +313,6 @@ class Learner:
             "groups_consumed": self.groups_consumed, "dead_letters": self.dead_letters,
             "duplicates_skipped": self.duplicates_skipped, "processed": sorted(self.processed),
             "unacked": list(self.unacked) + self.to_ack})
-        write_published(self.s.checkpoint_dir, *self.slot.get())  # for read replicas (follow.py)
         self._last_ckpt, self._dirty = time.monotonic(), False
         # Only now is every buffered entry durable: acknowledge them.
         self.to_ack += list(self.unacked)
@@ -321,6 +321,19 @@ class Learner:
             self._flush_acks()
         except REDIS_DOWN as e:
             self._disconnected(e)  # acked after reconnecting; a redelivery is a known duplicate
+        self._write_published()
+
+    def _write_published(self) -> None:
+        """The serving weights for read replicas (follow.py), only when a new version exists.
+        Outside the ack path: a failure here concerns replicas, never the learner's data."""
+        model, version = self.slot.get()
+        if version == self._published_version:
+            return
+        try:
+            write_published(self.s.checkpoint_dir, model, version)
+            self._published_version = version
+        except OSError as e:
+            log.warning("could not write the published weights for replicas: %s", e)
 
     def status(self) -> dict:
         return {

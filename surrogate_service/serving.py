@@ -51,7 +51,7 @@ def parse(decoded: Decoded, *, in_channels: int, multiple: int, max_batch: int, 
         raise InvalidInput(f"latent size {h}x{w} must be a positive multiple of {multiple}", code="invalid_shape")
     if not np.isfinite(arr).all():
         raise InvalidInput("latents contain NaN or Inf", code="non_finite")
-    if np.abs(arr).max() > max_abs:  # scaled latents of real models stay within about ±10
+    if arr.max() > max_abs or arr.min() < -max_abs:  # scaled latents of real models stay within about ±10
         raise InvalidInput(f"latent values beyond ±{max_abs:g}; are they scaled by the VAE's scaling_factor?",
                            code="out_of_range")
     prompts = decoded.metadata.get("prompts")
