@@ -34,6 +34,13 @@ def eligible_pairs(rewards: torch.Tensor, margin: float) -> torch.Tensor:
     return torch.nonzero(diff > margin, as_tuple=False)  # (P, 2), strictly above margin
 
 
+def ordered(scores: torch.Tensor, pairs: torch.Tensor) -> tuple[float, int]:
+    """(pairs ordered like the true reward, pairs) for (P, 2) (winner, loser) indices into
+    `scores`; a tie counts 1/2, so an all-zero scorer gets exactly half."""
+    d = scores[pairs[:, 0]] - scores[pairs[:, 1]]  # (P,)
+    return float((d > 0).sum()) + 0.5 * float((d == 0).sum()), len(d)
+
+
 @dataclass
 class BufferedGroup:
     entry_id: str  # Redis stream entry id ("ms-seq")
@@ -154,7 +161,6 @@ def pair_accuracy(model: SurrogateReward, text: TextEncoderBundle,
         if not len(g.pairs):
             continue
         sc = score_items(model, text, [(g, k) for k in range(len(g.latents))], grad=False)  # (N,)
-        d = sc[g.pairs[:, 0]] - sc[g.pairs[:, 1]]  # (P,)
-        right += float((d > 0).sum()) + 0.5 * float((d == 0).sum())
-        total += len(d)
+        r, n = ordered(sc, g.pairs)
+        right, total = right + r, total + n
     return right / total if total else None

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from reward_service.client import RewardClient
+from surrogate_service.buffer import eligible_pairs, ordered
 from surrogate_service.client import SurrogateClient
 
 from .adapt import reward_spec
@@ -34,19 +35,17 @@ class EvalResult:
         return out
 
 
-def tracking(sur: np.ndarray, true: np.ndarray, n_prompts: int) -> float | None:
-    """Does the surrogate track the true reward on the model's *current* samples? Pair accuracy
-    over same-prompt pairs (the seeds of one held-out prompt) whose true rewards differ: the
-    fraction the surrogate orders like the true reward (ties 1/2; 0.5 = no tracking). None if
-    no such pair. Scale-free, so it stays comparable while the learner re-trains R_psi."""
-    s, t = sur.reshape(n_prompts, -1), true.reshape(n_prompts, -1)  # (P, S)
-    dt = t[:, :, None] - t[:, None, :]  # (P, S, S)
-    ds = s[:, :, None] - s[:, None, :]
-    mask = dt > 1e-6
-    if not mask.any():
-        return None
-    d = ds[mask]
-    return float((d > 0).mean() + 0.5 * (d == 0).mean())
+def tracking(sur: np.ndarray, true: np.ndarray, n_prompts: int, margin: float = 1e-3) -> float | None:
+    """Does the surrogate track the true reward on the model's *current* samples? The learner's
+    held-out pair accuracy (same pairs, same tie rule), over same-prompt pairs: the seeds of one
+    held-out prompt whose true rewards differ. 0.5 = no tracking; None if no such pair.
+    Scale-free, so it stays comparable while the learner re-trains R_psi."""
+    right = total = 0.0
+    for s, t in zip(torch.as_tensor(sur).reshape(n_prompts, -1), torch.as_tensor(true).reshape(n_prompts, -1),
+                    strict=True):  # (S,) per prompt
+        r, n = ordered(s, eligible_pairs(t, margin))
+        right, total = right + r, total + n
+    return right / total if total else None
 
 
 @torch.no_grad()

@@ -160,8 +160,9 @@ def train(cfg: TrainConfig) -> dict:
             if world > 1:
                 average_gradients(params, world)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = lr_at(cfg, it)
             for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, it)
+                group["lr"] = lr
             opt.step()
             reg.after_step()
 
@@ -174,7 +175,7 @@ def train(cfg: TrainConfig) -> dict:
             row = {"iteration": it + 1, "loss": loss.item(), "l_reg": l_reg.item(), "l_r1": l_r1.item(),
                    "l_r2": l_r2.item(), "surrogate_1step_train": float(r1.scores.mean()),
                    "surrogate_2step_train": float(r2.scores.mean()), "surrogate_version": r2.version,
-                   "grad_norm": float(grad_norm), "lr": lr_at(cfg, it), "queries": adapt.queries, "groups": adapt.groups}
+                   "grad_norm": float(grad_norm), "lr": lr, "queries": adapt.queries, "groups": adapt.groups}
             if main:
                 run.train(it + 1, row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", v=r2.version, q=adapt.queries)

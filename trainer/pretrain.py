@@ -51,11 +51,10 @@ def pretrain(cfg: TrainConfig, model: FewStepModel | None = None) -> dict:
     adapt = AdaptPipe(model, rewards, redis_util.connect(cfg.redis_url), stream=cfg.stream, reward=cfg.reward)
     prompts_it = train_prompts(cfg.prompts, cfg.seed + 1)  # other prompts than the fine-tuning run's
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    acc, n_heldout = None, 0
     start = int((surrogate.status().get("learner") or {}).get("groups_consumed", 0))
     chunk = max(2 * cfg.prompts_per_iter, cfg.pretrain_groups // 8)  # groups between accuracy checks
     bar = tqdm(total=cfg.pretrain_groups, desc="pretrain", disable=not cfg.progress)
-    submitted, status = 0, surrogate.status()
+    submitted = 0
     while submitted < cfg.pretrain_groups:  # count what is in flight too, so the budget holds
         target = min(cfg.pretrain_groups, submitted + chunk)
         while submitted < target:
