@@ -83,7 +83,8 @@ class FewStepModel:
         return [p for p in self.unet.parameters() if p.requires_grad]
 
     def frozen_copy(self) -> UNet2DConditionModel:
-        """The initial model, for the `anchor` regulariser (with LoRA, disabling adapters is free)."""
+        """A frozen copy of the initial UNet, for the `anchor` regulariser under full fine-tuning
+        (under LoRA it switches the adapters off instead: no copy)."""
         ref = copy.deepcopy(self.unet).eval()
         ref.requires_grad_(False)
         return ref

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -38,7 +40,22 @@ class NoRegularizer:
 
 class AnchorRegularizer(NoRegularizer):
     def __init__(self, model: FewStepModel):
-        self.model, self.ref = model, model.frozen_copy()
+        # Under LoRA the initial model is the same UNet with its adapters switched off: no copy
+        # (a full UNet's worth of memory on SDXL). Full fine-tuning needs the frozen copy.
+        self.model, self.ref = model, (None if model.lora_rank > 0 else model.frozen_copy())
+
+    @contextlib.contextmanager
+    def initial_unet(self) -> Iterator[UNet2DConditionModel]:
+        """The UNet of f_θ0."""
+        if self.ref is not None:
+            yield self.ref
+            return
+        unet = self.model.unet
+        unet.disable_adapters()
+        try:
+            yield unet
+        finally:
+            unet.enable_adapters()
 
     def loss(self, sample: Sample, cond, generator: torch.Generator) -> torch.Tensor:
         """Σ over steps of ‖f_θ(x_i, t_i) − f_θ0(x_i, t_i)‖² on the very same step inputs x_i."""
@@ -48,10 +65,10 @@ class AnchorRegularizer(NoRegularizer):
         total = torch.zeros((), device=m.device)
         for x, t, out in zip(sample.inputs, sample.timesteps, outs, strict=True):
             x = x.detach()
-            with torch.no_grad():
+            with torch.no_grad(), self.initial_unet() as unet0:
                 sched = copy.copy(m.scheduler)
                 sched.set_timesteps(len(sample.timesteps), device=m.device)
-                ref = sched.step(m.unet_call(self.ref, x, t, cond, w), t, x, generator=generator).denoised
+                ref = sched.step(m.unet_call(unet0, x, t, cond, w), t, x, generator=generator).denoised
             total = total + F.mse_loss(out, ref)
         return total
 

@@ -59,3 +59,25 @@ def test_lasro_iterations_on_each_architecture(family, lora_rank, tiny_pipelines
         assert saved and all("lora" in k for k in saved)  # only the adapter is saved
     else:
         assert any(not torch.equal(saved[k], before[k]) for k in before)
+
+
+def test_anchor_under_lora_switches_adapters_off_instead_of_copying(tiny_pipelines):
+    from trainer.regularizers import AnchorRegularizer
+
+    m = FewStepModel(str(tiny_pipelines["sdxl"]), lora_rank=4, guidance_scale=8.0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a trained adapter: f_θ differs from f_θ0
+        for p in m.trainable_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    reg = AnchorRegularizer(m)
+    assert reg.ref is None  # no second UNet in memory
+    cond = m.encode(["a cat", "a dog"])
+    s = m.sample(m.noise(2, torch.Generator().manual_seed(1)), cond, torch.Generator().manual_seed(2))
+    loss = reg.loss(s, cond, torch.Generator().manual_seed(3))
+    copy_ = m.frozen_copy()
+    copy_.disable_adapters()  # the initial model, built the expensive way
+    reg.ref = copy_
+    assert loss.item() > 0 and torch.equal(loss, reg.loss(s, cond, torch.Generator().manual_seed(3)))
+    assert all(p.requires_grad for p in m.trainable_parameters())  # adapters back on and trainable
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.trainable_parameters())
