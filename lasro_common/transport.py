@@ -58,9 +58,7 @@ class FastTransport(httpx.BaseTransport):
                 conn.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
                 for k, v in headers:
                     conn.putheader(k, v)
-                conn.endheaders()  # headers alone: http.client would copy them + body into one buffer
-                if body:
-                    conn.send(body)  # TCP_NODELAY is set, so two sends cost no Nagle delay
+                conn.endheaders(body or None)  # two sends, headers then body: no copy of the body
                 resp = conn.getresponse()
                 content = resp.read()
             except (ConnectionRefusedError, socket.gaierror) as e:

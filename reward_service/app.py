@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from lasro_common.batching import MicroBatcher
 from lasro_common.errors import WireError
+from lasro_common.memory import MODEL_LOAD_LOCK
 from lasro_common.server import (
     ERROR_RESPONSES as ERRORS,
 )
@@ -55,7 +56,8 @@ class RewardState:
                 name, _, url = item.partition("=")
                 rewards.append(RemoteReward(name, url, token=token, timeout=s.request_timeout_s))
             for r in rewards:
-                r.setup(s.device)
+                with MODEL_LOAD_LOCK:  # every reward, third-party ones too: one model load at a time
+                    r.setup(s.device)
                 self.rewards[r.name] = r
                 self.batchers[r.name] = MicroBatcher(
                     make_batch_fn(r), max_batch_size=s.batch_max_size, max_wait_ms=s.batch_max_wait_ms,

@@ -50,15 +50,22 @@ def make_grad_fn(rewards: dict[str, Reward]):
         reward = rewards[items[0][0]]  # the batcher key includes the name: one reward per call
         # a fresh array either way: the request's own buffer is never handed to autograd
         arr = np.concatenate([i for _, i, _ in items]) if len(items) > 1 else items[0][1].copy()
-        images = torch.from_numpy(arr).requires_grad_(True)
         prompts = [p for _, _, ps in items for p in ps]
-        with torch.enable_grad():
-            scores = torch.as_tensor(reward.score(images, prompts)).reshape(-1)
-            if not scores.requires_grad:
-                raise WireError(f"reward {reward.name!r} claims to be differentiable but its scores carry "
-                                "no gradient", code="reward_failed", status=500)
-            (grad,) = torch.autograd.grad(scores.float().sum(), images, allow_unused=False)
-        s, g = scores.detach().float().numpy(), grad.float().numpy()
+        # One backward per chunk of the reward's batch_size: a graph is freed before the next one is
+        # built, so peak memory is one chunk's activations, as under /score (exact: no batch coupling).
+        step = getattr(reward, "batch_size", None) or len(prompts)
+        s_parts, g_parts = [], []
+        for i in range(0, len(prompts), step):
+            images = torch.from_numpy(arr[i : i + step]).requires_grad_(True)
+            with torch.enable_grad():
+                scores = torch.as_tensor(reward.score(images, prompts[i : i + step])).reshape(-1)
+                if not scores.requires_grad:
+                    raise WireError(f"reward {reward.name!r} claims to be differentiable but its scores carry "
+                                    "no gradient", code="reward_failed", status=500)
+                (grad,) = torch.autograd.grad(scores.float().sum(), images, allow_unused=False)
+            s_parts.append(scores.detach().float().numpy())
+            g_parts.append(grad.float().numpy())
+        s, g = np.concatenate(s_parts), np.concatenate(g_parts)
         if s.shape != (len(prompts),) or not (np.isfinite(s).all() and np.isfinite(g).all()):
             raise WireError(f"reward {reward.name!r} returned {s.shape} scores or gradients with non-finite "
                             f"values for {len(prompts)} images", code="reward_failed", status=500)
