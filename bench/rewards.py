@@ -20,7 +20,7 @@ class ViTReward(Reward):
         torch.manual_seed(0)
         d = 128
         self.patch = nn.Conv2d(3, d, 4, 4)
-        self.pos = nn.Parameter(torch.randn(1, 64, d) * 0.02)
+        self.pos = (torch.randn(1, 64, d) * 0.02).to(device)  # a fixed buffer, on the model's device
         layer = nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)
         self.head = nn.Linear(d, 1)

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"seed": seed, "before_2step": s["before"]["2step"], "after_2step": s["after"]["2step"],
                      "before_1step": s["before"]["1step"], "after_1step": s["after"]["1step"],
                      "tracking_2step": s["tracking"]["2step"], "tracking_1step": s["tracking"]["1step"],
-                "blocked_fraction": s["blocked_fraction"], "queries": s["queries"], "wall_s": s["wall_s"]})
+                     "blocked_fraction": s["blocked_fraction"], "queries": s["queries"], "wall_s": s["wall_s"]})
     print_table(f"LaSRO on the toy world, {a.seeds} seeds", rows,
                 ["seed", "before_2step", "after_2step", "before_1step", "after_1step", "tracking_2step", "tracking_1step", "blocked_fraction", "queries", "wall_s"])
     gain2 = np.array([r["after_2step"] - r["before_2step"] for r in rows])

@@ -9,8 +9,6 @@ import torch
 
 from toyworld import checker, data, paths, sampling
 
-GRID_CAPTIONS = 24  # grid shows 8 singles, 8 seen pairs, 8 held-out pairs
-
 
 def _grid_prompts() -> list[str]:
     caps = data.heldout_captions()  # 18 singles, 15 seen pairs, 15 unseen pairs
