@@ -81,7 +81,7 @@ MODELS = [
 def trainer_gb(m: Model, *, lora: int, half: bool, gc: bool, batch: int) -> dict[str, float]:
     b = 2 if half else 4  # bytes of frozen weights and activations
     if lora:
-        weights = b * m.p_unet + 16 * m.p_lora(lora) + b * m.p_unet  # base + LoRA state + anchor copy
+        weights = b * m.p_unet + 16 * m.p_lora(lora)  # base + LoRA state; the anchor switches adapters off
     else:
         # fp32 master weights + grads + AdamW m, v; the anchor's fp32 copy; autocast's cast cache
         weights = 16 * m.p_unet + 4 * m.p_unet + (2 * m.p_unet if half else 0)
