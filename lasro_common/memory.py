@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import threading
 
 log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
@@ -34,8 +33,3 @@ def tune_malloc(mmap_threshold: int = 64 * 1024 * 1024, trim_threshold: int = 25
         log.debug("mallopt unavailable; allocator left as is")
     return ok
 
-
-# diffusers/transformers `from_pretrained` initialise on the meta device by patching module
-# registration process-wide, so two loads in two threads of one process can corrupt each other
-# ("Cannot copy out of meta tensor"). Every model load in this project holds this lock.
-MODEL_LOAD_LOCK = threading.RLock()

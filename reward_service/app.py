@@ -11,7 +11,6 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from lasro_common.batching import MicroBatcher
 from lasro_common.errors import WireError
-from lasro_common.memory import MODEL_LOAD_LOCK
 from lasro_common.server import (
     ERROR_RESPONSES as ERRORS,
 )
@@ -24,6 +23,7 @@ from lasro_common.server import (
     metrics_route,
     read_body,
 )
+from lasro_diffusion.loading import MODEL_LOAD_LOCK
 
 from . import __version__
 from .grad import GRAD_OPENAPI, handle_grad

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lasro_diffusion.pairs import eligible_pairs, ordered
+from lasro_diffusion.text import TextEncoderBundle
+
 from .model import SurrogateReward
-from .text import TextEncoderBundle
 
 
 def is_heldout(group_id: str, fraction: float) -> bool:
@@ -26,19 +28,6 @@ def is_heldout(group_id: str, fraction: float) -> bool:
         return False
     h = int.from_bytes(hashlib.sha256(group_id.encode()).digest()[:8], "big")
     return h / 2.0**64 < fraction
-
-
-def eligible_pairs(rewards: torch.Tensor, margin: float) -> torch.Tensor:
-    """(N,) rewards -> (P, 2) long tensor of (winner, loser) indices with r_w - r_l > margin."""
-    diff = rewards[:, None] - rewards[None, :]  # (N, N): diff[i, j] = r_i - r_j
-    return torch.nonzero(diff > margin, as_tuple=False)  # (P, 2), strictly above margin
-
-
-def ordered(scores: torch.Tensor, pairs: torch.Tensor) -> tuple[float, int]:
-    """(pairs ordered like the true reward, pairs) for (P, 2) (winner, loser) indices into
-    `scores`; a tie counts 1/2, so an all-zero scorer gets exactly half."""
-    d = scores[pairs[:, 0]] - scores[pairs[:, 1]]  # (P,)
-    return float((d > 0).sum()) + 0.5 * float((d == 0).sum()), len(d)
 
 
 @dataclass

@@ -7,11 +7,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lasro_diffusion.text import TextEncoderBundle
+
 from .buffer import BufferedGroup, ReplayBuffer, pair_accuracy, score_items
 from .model import SurrogateReward
 from .settings import SurrogateSettings
 from .slot import ModelSlot
-from .text import TextEncoderBundle
 
 EVAL_MAX_GROUPS = 256  # held-out groups scored per evaluation (most recent), bounds its cost
 HISTORY = 50  # [version, accuracy] points kept for /status

@@ -18,6 +18,7 @@ import torch
 
 from lasro_common.errors import InvalidInput
 from lasro_common.records import DEAD_LETTER_SUFFIX, SampleGroup
+from lasro_diffusion.text import TextEncoderBundle
 
 from .buffer import BufferedGroup, ReplayBuffer, is_heldout
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -26,7 +27,6 @@ from .follow import write_published
 from .model import SurrogateReward
 from .settings import SurrogateSettings
 from .slot import ModelSlot
-from .text import TextEncoderBundle
 
 log = logging.getLogger(__name__)
 READ_COUNT = 16  # entries per XREADGROUP / XAUTOCLAIM call

@@ -18,7 +18,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from .text import TextCond, TextEncoderBundle
+from lasro_diffusion.text import TextCond, TextEncoderBundle
 
 HEADS = (1, 2)
 
@@ -267,7 +267,7 @@ def load_surrogate(
 
     Loads the full UNet once, keeps only its encoder half (the modules are moved, not copied,
     so peak memory is one UNet) and lets the decoder half be garbage-collected."""
-    from lasro_common.memory import MODEL_LOAD_LOCK
+    from lasro_diffusion.loading import MODEL_LOAD_LOCK
 
     with MODEL_LOAD_LOCK:
         return _load_surrogate(str(base_model), device, dtype, timestep, head_channels, freeze_backbone, cache_size)

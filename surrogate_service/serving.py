@@ -10,10 +10,10 @@ import torch
 
 from lasro_common.codec import Decoded
 from lasro_common.errors import InvalidInput, PayloadTooLarge, UnknownName
+from lasro_diffusion.text import TextEncoderBundle
 
 from .model import HEADS, score_and_grad
 from .slot import ModelSlot
-from .text import TextEncoderBundle
 
 
 @dataclass

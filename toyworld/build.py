@@ -20,8 +20,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from tqdm import tqdm
 from transformers import CLIPTextModel
 
+from lasro_diffusion.consistency import ConsistencyDistillationLoss, update_ema
 from toyworld import data, models, paths, sampling
-from trainer.lcm_loss import ConsistencyDistillationLoss, update_ema
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def _is_sdxl(base_model: str | None) -> bool:
     """SDXL family (SDXL, SSD-1B, SDXL-Turbo, LCM-SDXL): the pipeline has a second text encoder."""
     if not base_model:
         return False
-    from surrogate_service.text import read_pipeline_json
+    from lasro_diffusion.loading import read_pipeline_json
 
     index = read_pipeline_json(str(base_model), "model_index.json") or {}
     return "text_encoder_2" in index or "XL" in str(index.get("_class_name", ""))

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lasro_diffusion.pairs import eligible_pairs, ordered
 from reward_service.client import RewardClient
-from surrogate_service.buffer import eligible_pairs, ordered
 from surrogate_service.client import SurrogateClient
 
 from .adapt import reward_spec

@@ -10,15 +10,9 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
 
-from surrogate_service.text import TextCond, TextEncoderBundle
-
-
-def getattr_config(base_model: str, key: str, subfolder: str = "vae"):
-    """A key of a component's config.json (local folder or hub id), or None."""
-    from surrogate_service.text import read_pipeline_json
-
-    cfg = read_pipeline_json(base_model, f"{subfolder}/config.json") or {}
-    return cfg.get(key)
+from lasro_diffusion.consistency import guidance_scale_embedding
+from lasro_diffusion.loading import MODEL_LOAD_LOCK, component_config
+from lasro_diffusion.text import TextCond, TextEncoderBundle
 
 
 @dataclass
@@ -37,8 +31,6 @@ class FewStepModel:
                  lcm_lora: str | None = None):
         """`dtype` is the compute dtype of frozen parts (VAE, text encoders; the UNet's base weights
         under LoRA). Trainable weights stay float32; mixed precision comes from autocast."""
-        from lasro_common.memory import MODEL_LOAD_LOCK
-
         with MODEL_LOAD_LOCK:
             self._load(base_model, device, dtype, lora_rank, guidance_scale, gradient_checkpointing, lcm_lora)
 
@@ -57,7 +49,7 @@ class FewStepModel:
             self.unet.fuse_lora(lora_scale=1.0)
             self.unet.unload_lora()  # fused weights stay; the adapter layers go
             self.unet.requires_grad_(True)  # loading froze the base weights
-        vae_dtype = torch.float32 if getattr_config(base_model, "force_upcast") else dtype  # SDXL VAE overflows in fp16
+        vae_dtype = torch.float32 if component_config(base_model, "force_upcast") else dtype  # SDXL VAE overflows in fp16
         self.vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae", torch_dtype=vae_dtype).to(self.device).eval()
         self.vae.requires_grad_(False)
         self.text = TextEncoderBundle(base_model, device=device, dtype=dtype)
@@ -97,8 +89,6 @@ class FewStepModel:
         dim = self.unet.config.time_cond_proj_dim
         if dim is None:  # SDXL-Turbo and other models without a guidance embedding
             return None
-        from trainer.lcm_loss import guidance_scale_embedding
-
         w = torch.full((batch,), self.guidance_scale - 1.0)
         return guidance_scale_embedding(w, dim).to(self.device, self.dtype)
 

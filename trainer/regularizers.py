@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
+from lasro_diffusion.consistency import ConsistencyDistillationLoss, update_ema
+
 from .fewstep import FewStepModel, Sample
-from .lcm_loss import ConsistencyDistillationLoss, update_ema
 
 KINDS = ("lcm", "anchor", "none")
 
