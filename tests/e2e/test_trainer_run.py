@@ -42,7 +42,28 @@ def services(tiny_pipelines, tmp_path_factory):
     with serve_in_thread(rew) as rurl, serve_in_thread(sur) as surl:
         assert rew.state.rewards.ready.wait(30)
         assert sur.state.surrogate.ready.wait(60), sur.state.surrogate.error
+        _warm_surrogate(redis_url, surl)
         yield {"base": base, "reward_url": rurl, "surrogate_url": surl, "redis_url": redis_url, "tmp": tmp}
+
+
+def _warm_surrogate(redis_url: str, surrogate_url: str) -> None:
+    """Stream a few scored groups and wait until R_psi has published a trained version: an
+    untrained R_psi answers zero gradients, and whether the learner catches up within a short
+    run's first iterations would otherwise depend on how busy the machine is."""
+    import time
+
+    import httpx
+
+    r = redis_util.connect(redis_url)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        g = SampleGroup("a red circle", 1 + i % 2, rng.standard_normal((4, 4, 8, 8)).astype(np.float32),
+                        np.arange(4, dtype=np.float32), reward="brightness")
+        r.xadd("lasro:groups", g.to_fields())
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{surrogate_url}/status", timeout=10).json()["version"] < 1:
+        assert time.monotonic() < deadline, "the surrogate learner never published a version"
+        time.sleep(0.1)  # polling with a deadline: the learner runs in its own thread
 
 
 def _cfg(services, out, **kw):
