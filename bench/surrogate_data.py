@@ -74,7 +74,7 @@ def train_budget(train: list[BufferedGroup], heldout: list[BufferedGroup], updat
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from toyworld.data import train_caption_stream
+    from toyworld.captions import train_caption_stream
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--groups", type=int, nargs="+", default=[384, 1024, 3072], help="training budgets (groups, both steps)")

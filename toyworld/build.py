@@ -21,7 +21,7 @@ from tqdm import tqdm
 from transformers import CLIPTextModel
 
 from lasro_diffusion.consistency import ConsistencyDistillationLoss, update_ema
-from toyworld import data, models, paths, sampling
+from toyworld import captions, data, models, paths, sampling
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def stage_teacher(cfg: BuildConfig, root: Path) -> None:
             _save_ckpt(out / "ckpt.pt", unet=unet.state_dict(), te=te.state_dict(), ema_unet=ema_unet.state_dict(),
                        ema_te=ema_te.state_dict(), opt=opt.state_dict(), step=step + 1)
     pipe = sampling.teacher_pipeline(vae, ema_te.eval(), tok, ema_unet.eval(), models.ddim_scheduler())
-    prompts = sampling.eval_prompts(data.heldout_captions(), cfg.eval_seeds)
+    prompts = sampling.eval_prompts(captions.heldout_captions(), cfg.eval_seeds)
     for g in (2.0, 3.0, 5.0):
         s = sampling.checker_mean(pipe, prompts, sampling.TEACHER_STEPS, g)
         print(f"teacher: held-out checker {s:.3f} (DDIM {sampling.TEACHER_STEPS}, CFG {g})")
@@ -202,7 +202,7 @@ def stage_distill(cfg: BuildConfig, root: Path) -> None:
         step, history = ck["step"], ck["history"]
     with torch.no_grad():
         uncond_one = _text_embeds(tok, te, [""])  # (1, 16, 64)
-    prompts = sampling.eval_prompts(data.heldout_captions(), cfg.eval_seeds)
+    prompts = sampling.eval_prompts(captions.heldout_captions(), cfg.eval_seeds)
     stream = data.train_batch_stream(cfg.distill_batch, cfg.seed + 4, step)
     bar = tqdm(range(step, cfg.distill_steps), desc="distill", initial=step, total=cfg.distill_steps)
     for step in bar:
@@ -240,7 +240,7 @@ def stage_export(cfg: BuildConfig, root: Path, teacher_dir: Path, lcm_dir: Path)
     """Pick the student, write both pipeline folders (fp16 UNet/VAE weights, loaded as fp32)."""
     vae, te, tok, teacher = _load_teacher(root)
     history = json.loads((root / "distill" / "final" / "history.json").read_text())
-    prompts = sampling.eval_prompts(data.heldout_captions(), cfg.eval_seeds)
+    prompts = sampling.eval_prompts(captions.heldout_captions(), cfg.eval_seeds)
     tpipe = sampling.teacher_pipeline(vae, te, tok, teacher, models.ddim_scheduler())
     teacher_score = sampling.checker_mean(tpipe, prompts, sampling.TEACHER_STEPS)
     # Best 2-step student that still leaves reward fine-tuning some headroom below the teacher.

@@ -13,13 +13,13 @@ blobs (a merged blob has no clean shape) and missing objects all lower the score
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 import numpy as np
 import torch
 
-from toyworld.data import BACKGROUND, COLORS, SHAPES, _shape_mask
+from toyworld.captions import COLORS, SHAPES, parse_caption
+from toyworld.data import BACKGROUND, shape_mask
 
 MIN_AREA = 8  # blobs smaller than this are anti-aliasing fringe or noise, not objects
 MIN_IOU = 0.6  # below this a blob matches no shape (counts as an extra, unknown object)
@@ -27,12 +27,6 @@ MAX_ASPECT = 1.5  # shapes are drawn with square bounding boxes; long blobs are 
 
 _NAMES = ["background", *COLORS]
 _PALETTE = np.array([BACKGROUND, *COLORS.values()], dtype=np.float32) / 255.0  # (7, 3)
-_OBJ_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\s+(" + "|".join(SHAPES) + r")\b")
-
-
-def parse_caption(prompt: str) -> list[tuple[str, str]]:
-    """'a red circle and a blue square' -> [('red', 'circle'), ('blue', 'square')]."""
-    return [(m.group(1), m.group(2)) for m in _OBJ_RE.finditer(prompt.lower())]
 
 
 def _components(mask: np.ndarray) -> list[np.ndarray]:
@@ -65,7 +59,7 @@ def classify_shape(blob: np.ndarray) -> str | None:
         return None
     best, best_iou = None, MIN_IOU
     for shape in SHAPES:
-        ideal = _shape_mask(shape, max(h, w))
+        ideal = shape_mask(shape, max(h, w))
         ideal = np.asarray(  # stretch the square ideal mask to the (h, w) bounding box
             ideal[np.ix_(np.arange(h) * max(h, w) // h, np.arange(w) * max(h, w) // w)]
         )

@@ -1,58 +1,29 @@
 """Procedural toy scenes: one or two coloured shapes on black, each with its caption.
 
-Everything is deterministic from a seed. Training draws from an endless stream; evaluation uses
-a fixed list of captions (`heldout_captions`) that includes object pairs the training stream
-never shows together, so attribute binding is measured on unseen combinations.
+Everything is deterministic from a seed. What a caption says (and which object pairs are held
+out of training) is toyworld/captions.py; this file draws scenes for captions.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-# Well-separated colours (pairwise RGB distance > 120) so the checker can segment by colour.
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (40, 190, 60),
-    "blue": (40, 70, 230),
-    "yellow": (235, 215, 40),
-    "purple": (160, 60, 210),
-    "white": (235, 235, 235),
-}
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+from toyworld.captions import COLORS, SHAPES, Obj, caption_for, parse_caption, random_objects
+
 BACKGROUND: tuple[int, int, int] = (0, 0, 0)
 IMAGE_SIZE = 32
 SUPERSAMPLE = 4  # draw at 4x and box-downsample: anti-aliased edges like a real image
 MIN_SIZE, MAX_SIZE_ONE, MAX_SIZE_TWO = 8, 15, 12  # object side length in pixels
 GAP = 2  # minimum empty pixels between two objects' bounding boxes (no touching blobs)
-P_SINGLE = 0.35  # fraction of training scenes with one object
 
-Obj = tuple[str, str]  # (colour, shape)
 # A placed object: (colour, shape, x0, y0, size) with (x0, y0) the top-left of its bounding box.
 Placed = tuple[str, str, int, int, int]
 
-ALL_OBJECTS: list[Obj] = [(c, s) for c in COLORS for s in SHAPES]
-# Unordered pairs of objects with different colours (same-colour pairs are never drawn: the
-# checker segments by colour, and the caption would be ambiguous for merged blobs).
-ALL_PAIRS: list[tuple[Obj, Obj]] = [
-    (a, b) for a, b in itertools.combinations(ALL_OBJECTS, 2) if a[0] != b[0]
-]
-_pair_rng = np.random.default_rng(20241122)
-_perm = _pair_rng.permutation(len(ALL_PAIRS))
-HELDOUT_PAIRS: list[tuple[Obj, Obj]] = [ALL_PAIRS[i] for i in sorted(_perm[:15])]
-TRAIN_PAIRS: list[tuple[Obj, Obj]] = [ALL_PAIRS[i] for i in sorted(_perm[15:])]
-_SEEN_EVAL_PAIRS: list[tuple[Obj, Obj]] = [ALL_PAIRS[i] for i in sorted(_perm[15:30])]
 
-
-def caption_for(objects: Sequence[Sequence]) -> str:
-    """'a red circle' or 'a red circle and a blue square' (objects are (colour, shape, ...))."""
-    return " and ".join(f"a {o[0]} {o[1]}" for o in objects)
-
-
-def _shape_mask(shape: str, size: int) -> np.ndarray:
+def shape_mask(shape: str, size: int) -> np.ndarray:
     """Ideal (size, size) boolean mask at the final resolution, sampled at pixel centres."""
     u = (np.arange(size) + 0.5) / size
     x, y = np.meshgrid(u, u)
@@ -107,20 +78,12 @@ def _apart(a: Placed, b: Placed) -> bool:
     )
 
 
-def _random_objects(rng: np.random.Generator, split: str) -> list[Obj]:
-    if rng.random() < P_SINGLE:
-        return [ALL_OBJECTS[int(rng.integers(len(ALL_OBJECTS)))]]
-    pairs = TRAIN_PAIRS if split == "train" else HELDOUT_PAIRS
-    a, b = pairs[int(rng.integers(len(pairs)))]
-    return [a, b] if rng.random() < 0.5 else [b, a]  # both caption orders occur in training
-
-
 def sample_scenes(n: int, rng: np.random.Generator | int, split: str = "train") -> list[list[Placed]]:
     """n random placed scenes. split='train' uses training pairs, 'heldout' the held-out pairs."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     rng = np.random.default_rng(rng)
-    return [place_objects(_random_objects(rng, split), rng) for _ in range(n)]
+    return [place_objects(random_objects(rng, split), rng) for _ in range(n)]
 
 
 def sample_batch(
@@ -134,25 +97,8 @@ def sample_batch(
 
 def scenes_for_captions(captions: Sequence[str], seed: int = 0) -> list[list[Placed]]:
     """Draw a random layout for each caption (used to measure the checker on dataset images)."""
-    from toyworld.checker import parse_caption
-
     rng = np.random.default_rng(seed)
     return [place_objects(parse_caption(c), rng) for c in captions]
-
-
-def heldout_captions() -> list[str]:
-    """Fixed evaluation captions: 18 singles, 15 seen pairs, 15 pairs never seen in training."""
-    singles = [caption_for([o]) for o in ALL_OBJECTS]
-    seen = [caption_for(p) for p in _SEEN_EVAL_PAIRS]
-    unseen = [caption_for(p) for p in HELDOUT_PAIRS]
-    return singles + seen + unseen
-
-
-def train_caption_stream(seed: int) -> Iterator[str]:
-    """Endless deterministic stream of training captions."""
-    rng = np.random.default_rng(seed)
-    while True:
-        yield caption_for(_random_objects(rng, "train"))
 
 
 def train_batch_stream(batch_size: int, seed: int, start_step: int = 0) -> Iterator[tuple[np.ndarray, list[str]]]:

@@ -7,24 +7,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toyworld import checker, data, paths, sampling
+from toyworld import captions, checker, data, paths, sampling
 
 
 def _grid_prompts() -> list[str]:
-    caps = data.heldout_captions()  # 18 singles, 15 seen pairs, 15 unseen pairs
+    caps = captions.heldout_captions()  # 18 singles, 15 seen pairs, 15 unseen pairs
     return caps[0:18:2][:8] + caps[18:26] + caps[33:41]
 
 
 def evaluate(seeds: int = sampling.EVAL_SEEDS, grids: str | Path | None = None) -> dict:
     """Mean checker score on the held-out captions (× `seeds` samples) for data, noise, the
     teacher (DDIM 25 steps, CFG) and the LCM at 1, 2 and 4 steps."""
-    captions = data.heldout_captions()
-    prompts = sampling.eval_prompts(captions, seeds)
+    caps = captions.heldout_captions()
+    prompts = sampling.eval_prompts(caps, seeds)
     n_single = 18  # heldout_captions(): singles first, then 15 seen pairs, then 15 unseen pairs
     groups = {
-        "single": [i for i in range(len(prompts)) if i % len(captions) < n_single],
-        "seen_pair": [i for i in range(len(prompts)) if n_single <= i % len(captions) < n_single + 15],
-        "unseen_pair": [i for i in range(len(prompts)) if i % len(captions) >= n_single + 15],
+        "single": [i for i in range(len(prompts)) if i % len(caps) < n_single],
+        "seen_pair": [i for i in range(len(prompts)) if n_single <= i % len(caps) < n_single + 15],
+        "unseen_pair": [i for i in range(len(prompts)) if i % len(caps) >= n_single + 15],
     }
     rows: dict[str, dict] = {}
 

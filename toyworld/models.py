@@ -16,7 +16,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from toyworld.data import COLORS, SHAPES
+from toyworld.captions import COLORS, SHAPES
 
 MAX_TOKENS = 16  # "a yellow triangle and a white square" is 9 tokens with BOS/EOS
 TEXT_DIM = 64

@@ -17,7 +17,7 @@ def read_lines(path: Path) -> list[str]:
 
 def train_prompts(path: Path | None, seed: int) -> Iterator[str]:
     if path is None:
-        from toyworld.data import train_caption_stream
+        from toyworld.captions import train_caption_stream
 
         yield from train_caption_stream(seed)
         return
@@ -29,7 +29,7 @@ def train_prompts(path: Path | None, seed: int) -> Iterator[str]:
 
 def eval_prompts(path: Path | None) -> list[str]:
     if path is None:
-        from toyworld.data import heldout_captions
+        from toyworld.captions import heldout_captions
 
         return list(heldout_captions())
     return read_lines(path)

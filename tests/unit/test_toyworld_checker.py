@@ -5,20 +5,20 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from toyworld import checker, data
+from toyworld import captions, checker, data
 
 
 def _img(objects) -> np.ndarray:
     return data.draw_scene(objects).astype(np.float32).transpose(2, 0, 1)[None] / 255.0
 
 
-@pytest.mark.parametrize("colour", list(data.COLORS))
-@pytest.mark.parametrize("shape", data.SHAPES)
+@pytest.mark.parametrize("colour", list(captions.COLORS))
+@pytest.mark.parametrize("shape", captions.SHAPES)
 @pytest.mark.parametrize("size", [data.MIN_SIZE, 11, data.MAX_SIZE_ONE])
 def test_every_single_object(colour, shape, size):
     img = _img([(colour, shape, 6, 9, size)])
     assert checker.score(img, [f"a {colour} {shape}"])[0] == 1.0
-    others = [s for s in data.SHAPES if s != shape]
+    others = [s for s in captions.SHAPES if s != shape]
     assert checker.score(img, [f"a {colour} {others[0]}"])[0] == 0.0
 
 
@@ -46,14 +46,14 @@ def test_pairs_extra_missing_and_merged_objects():
 def test_soft_cornered_square_is_a_square():
     """Generated squares often have rounded corners; they must not be read as circles."""
     big = Image.new("RGB", (128, 128))
-    ImageDraw.Draw(big).rounded_rectangle((24, 24, 79, 79), radius=12, fill=data.COLORS["yellow"])
+    ImageDraw.Draw(big).rounded_rectangle((24, 24, 79, 79), radius=12, fill=captions.COLORS["yellow"])
     img = np.asarray(big.resize((32, 32), Image.Resampling.BILINEAR), np.float32).transpose(2, 0, 1)[None] / 255
     assert checker.score(img, ["a yellow square"])[0] == 1.0
 
 
 def test_parse_caption_and_inputs():
-    assert checker.parse_caption("A Red circle and a white triangle") == [("red", "circle"), ("white", "triangle")]
-    assert checker.parse_caption("a dog") == []
+    assert captions.parse_caption("A Red circle and a white triangle") == [("red", "circle"), ("white", "triangle")]
+    assert captions.parse_caption("a dog") == []
     imgs, caps = data.sample_batch(4, 1)
     s = checker.score(torch.from_numpy(imgs), caps)
     assert s.dtype == np.float32 and s.shape == (4,)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from toyworld import data
+from toyworld import captions, data
 
 
 def test_sample_batch_is_deterministic_and_well_formed():
@@ -20,28 +20,26 @@ def test_sample_batch_is_deterministic_and_well_formed():
 def test_draw_scene_uint8_and_colours():
     img = data.draw_scene([("red", "square", 4, 4, 10)])
     assert img.shape == (32, 32, 3) and img.dtype == np.uint8
-    assert tuple(img[8, 8]) == data.COLORS["red"]  # interior is the exact palette colour
+    assert tuple(img[8, 8]) == captions.COLORS["red"]  # interior is the exact palette colour
     assert tuple(img[0, 0]) == data.BACKGROUND
 
 
 def test_captions():
-    assert data.caption_for([("red", "circle")]) == "a red circle"
-    assert data.caption_for([("blue", "square", 1, 1, 8), ("yellow", "triangle", 20, 20, 8)]) == (
+    assert captions.caption_for([("red", "circle")]) == "a red circle"
+    assert captions.caption_for([("blue", "square", 1, 1, 8), ("yellow", "triangle", 20, 20, 8)]) == (
         "a blue square and a yellow triangle"
     )
 
 
 def test_heldout_captions_fixed_and_unseen_pairs_never_trained():
-    caps = data.heldout_captions()
-    assert caps == data.heldout_captions() and len(caps) == 48 and len(set(caps)) == 48
-    heldout = {frozenset(p) for p in data.HELDOUT_PAIRS}
-    stream = data.train_caption_stream(0)
-    from toyworld.checker import parse_caption
-
+    caps = captions.heldout_captions()
+    assert caps == captions.heldout_captions() and len(caps) == 48 and len(set(caps)) == 48
+    heldout = {frozenset(p) for p in captions.HELDOUT_PAIRS}
+    stream = captions.train_caption_stream(0)
     for _ in range(2000):
-        objs = parse_caption(next(stream))
+        objs = captions.parse_caption(next(stream))
         assert frozenset(objs) not in heldout
-    unseen = {frozenset(parse_caption(c)) for c in caps[33:]}
+    unseen = {frozenset(captions.parse_caption(c)) for c in caps[33:]}
     assert unseen == heldout
 
 
