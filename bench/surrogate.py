@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lasro_common import redis_util
-from lasro_common.records import SampleGroup
+from lasro_common.stream import SampleGroup
 from surrogate_service.client import SurrogateClient
 from surrogate_service.model import load_surrogate, score_and_grad
 

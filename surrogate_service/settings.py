@@ -7,8 +7,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from lasro_common.records import DEFAULT_STREAM
 from lasro_common.server import ServiceSettings
+from lasro_common.stream import DEFAULT_STREAM
 
 
 def _default_base_model() -> str:

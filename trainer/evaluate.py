@@ -12,8 +12,8 @@ from lasro_diffusion.pairs import eligible_pairs, ordered
 from reward_service.client import RewardClient
 from surrogate_service.client import SurrogateClient
 
-from .adapt import reward_spec
 from .fewstep import FewStepModel
+from .labeler import reward_spec
 
 
 @dataclass

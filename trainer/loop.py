@@ -24,14 +24,15 @@ from tqdm.auto import trange
 
 from lasro_common import redis_util
 from lasro_common.errors import ServiceError
+from lasro_common.stream import GroupProducer
 from reward_service.client import RewardClient
 from surrogate_service.client import SurrogateClient
 
 from . import checkpoint, regularizers
-from .adapt import AdaptPipe
 from .config import TrainConfig
 from .evaluate import evaluate
 from .fewstep import FewStepModel
+from .labeler import RewardLabeler
 from .normalize import GradNormalizer
 from .prompts import eval_prompts, train_prompts
 from .report import RunLog, save_grid
@@ -90,7 +91,8 @@ def train(cfg: TrainConfig) -> dict:
     surrogate = SurrogateClient(cfg.surrogate_url, token=cfg.surrogate_token, retries=cfg.service_retries)
     if not cfg.redis_url:
         raise ValueError("--redis-url is required: the Redis the surrogate service consumes from")
-    adapt = AdaptPipe(model, rewards, redis_util.connect(cfg.redis_url), stream=cfg.stream, reward=cfg.reward)
+    labeler = RewardLabeler(model, rewards, GroupProducer(redis_util.connect(cfg.redis_url), cfg.stream),
+                            reward=cfg.reward)
     state = {"iteration": 0, "queries": 0, "eval_queries": 0, "blocked_s": 0.0, "loop_s": 0.0, "before": None}
 
     ckpt = cfg.out / "checkpoint"
@@ -99,7 +101,7 @@ def train(cfg: TrainConfig) -> dict:
         norm1.load_state_dict(extra["norm1"])
         norm2.load_state_dict(extra["norm2"])
         reg.load_state_dict(extra.get("reg", {}))
-        adapt.queries = state["queries"] // world
+        labeler.queries = state["queries"] // world
         log.info("resumed from %s at iteration %d", ckpt, state["iteration"])
 
     prompt_stream = train_prompts(cfg.prompts, cfg.seed + 7919 * rank)  # each process its own prompts
@@ -111,7 +113,7 @@ def train(cfg: TrainConfig) -> dict:
     def save_checkpoint() -> None:
         if not main:
             return
-        state["queries"] = adapt.queries * world  # every process spends the same number
+        state["queries"] = labeler.queries * world  # every process spends the same number
         checkpoint.save(ckpt, unet=model.unet, lora=cfg.lora_rank > 0, optimizer=opt, state=state,
                         extra={"norm1": norm1.state_dict(), "norm2": norm2.state_dict(), "reg": reg.state_dict()})
 
@@ -168,23 +170,23 @@ def train(cfg: TrainConfig) -> dict:
 
             if (it + 1) % cfg.adapt_every == 0:  # fresh true rewards for the surrogate, in the background
                 t_wait = time.perf_counter()
-                adapt.submit(s.z1.detach(), s.z2.detach(), prompts, cfg.n_noises, it + 1)
+                labeler.submit(s.z1.detach(), s.z2.detach(), prompts, cfg.n_noises, it + 1)
                 state["blocked_s"] += time.perf_counter() - t_wait
             state["iteration"] = it + 1
             state["loop_s"] += time.perf_counter() - t_it
             row = {"iteration": it + 1, "loss": loss.item(), "l_reg": l_reg.item(), "l_r1": l_r1.item(),
                    "l_r2": l_r2.item(), "surrogate_1step_train": float(r1.scores.mean()),
                    "surrogate_2step_train": float(r2.scores.mean()), "surrogate_version": r2.version,
-                   "grad_norm": float(grad_norm), "lr": lr, "queries": adapt.queries, "groups": adapt.groups}
+                   "grad_norm": float(grad_norm), "lr": lr, "queries": labeler.queries, "groups": labeler.groups}
             if main:
                 run.train(it + 1, row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", v=r2.version, q=adapt.queries)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", v=r2.version, q=labeler.queries)
             if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations:
-                adapt.drain()
+                labeler.drain()
                 run_eval(it + 1)
             if (it + 1) % cfg.checkpoint_every == 0:
                 save_checkpoint()
-        adapt.drain()
+        labeler.drain()
     except ServiceError as e:
         save_checkpoint()
         raise ServiceGone(f"stopping cleanly: {e}. Checkpoint saved to {ckpt}; run again with --resume") from e
@@ -193,7 +195,7 @@ def train(cfg: TrainConfig) -> dict:
         raise
     finally:
         pool.shutdown(wait=False)
-        adapt.close()
+        labeler.close()
     save_checkpoint()
     if world > 1:
         acc.wait_for_everyone()

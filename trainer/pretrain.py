@@ -11,12 +11,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lasro_common import redis_util
+from lasro_common.stream import GroupProducer
 from reward_service.client import RewardClient
 from surrogate_service.client import SurrogateClient
 
-from .adapt import AdaptPipe
 from .config import TrainConfig
 from .fewstep import FewStepModel
+from .labeler import RewardLabeler
 from .prompts import train_prompts
 
 log = logging.getLogger("trainer")
@@ -48,7 +49,8 @@ def pretrain(cfg: TrainConfig, model: FewStepModel | None = None) -> dict:
                                   guidance_scale=cfg.guidance_scale)
     rewards = RewardClient(cfg.reward_url, token=cfg.reward_token, retries=cfg.service_retries)
     surrogate = SurrogateClient(cfg.surrogate_url, token=cfg.surrogate_token, retries=cfg.service_retries)
-    adapt = AdaptPipe(model, rewards, redis_util.connect(cfg.redis_url), stream=cfg.stream, reward=cfg.reward)
+    labeler = RewardLabeler(model, rewards, GroupProducer(redis_util.connect(cfg.redis_url), cfg.stream),
+                            reward=cfg.reward)
     prompts_it = train_prompts(cfg.prompts, cfg.seed + 1)  # other prompts than the fine-tuning run's
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     start = int((surrogate.status().get("learner") or {}).get("groups_consumed", 0))
@@ -61,7 +63,7 @@ def pretrain(cfg: TrainConfig, model: FewStepModel | None = None) -> dict:
             prompts = [next(prompts_it) for _ in range(cfg.prompts_per_iter)]
             reps = [p for p in prompts for _ in range(cfg.n_noises)]
             s = model.sample(model.noise(len(reps), gen), model.encode(reps), gen)
-            adapt.submit(s.z1, s.z2, prompts, cfg.n_noises, version=0)
+            labeler.submit(s.z1, s.z2, prompts, cfg.n_noises, version=0)
             submitted += 2 * len(prompts)  # one group per prompt for z1 and one for z2
             bar.update(2 * len(prompts))
         # Generation runs ahead of the learner (no waiting per chunk); the accuracy read here is
@@ -71,12 +73,12 @@ def pretrain(cfg: TrainConfig, model: FewStepModel | None = None) -> dict:
         bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", heldout=n_heldout, v=status.get("version"))
         if acc is not None and acc >= cfg.pretrain_accuracy and n_heldout >= 8:
             break
-    adapt.drain()
+    labeler.drain()
     status = wait_trained(surrogate, start + submitted, timeout=cfg.pretrain_timeout_s)  # train off what was sent
     acc, n_heldout = _accuracy(status)
     bar.close()
-    adapt.close()
-    result = {"groups": adapt.groups, "queries": adapt.queries, "heldout_pair_accuracy": acc,
+    labeler.close()
+    result = {"groups": labeler.groups, "queries": labeler.queries, "heldout_pair_accuracy": acc,
               "heldout_groups": n_heldout, "surrogate_version": status.get("version")}
     log.info("pretrain: %s", result)
     return result

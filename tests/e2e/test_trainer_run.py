@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lasro_common import redis_util
-from lasro_common.records import SampleGroup
+from lasro_common.stream import SampleGroup
 from reward_service.app import create_app as reward_app
 from reward_service.rewards import Reward
 from reward_service.settings import RewardSettings

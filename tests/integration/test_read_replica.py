@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from lasro_common import redis_util
-from lasro_common.records import DEFAULT_STREAM, SampleGroup
+from lasro_common.stream import DEFAULT_STREAM, SampleGroup
 from surrogate_service.app import create_app
 from surrogate_service.client import SurrogateClient
 from surrogate_service.settings import SurrogateSettings

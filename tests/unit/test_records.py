@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lasro_common.errors import InvalidInput, MalformedBody
-from lasro_common.records import SampleGroup
+from lasro_common.stream import SampleGroup
 
 
 def test_roundtrip_through_stream_fields():

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import codec
-from .errors import InvalidInput, MalformedBody
+from .. import codec
+from ..errors import InvalidInput, MalformedBody
 
 RECORD_VERSION = 1
 DEFAULT_STREAM = "lasro:groups"
