@@ -1,6 +1,6 @@
 """The c·L term that keeps the fine-tuned model a good few-step model.
 
-    lcm     the consistency-distillation loss against the teacher (trainer/lcm_loss.py, the same
+    lcm     the consistency-distillation loss against the teacher (lasro_diffusion/consistency.py, the same
             code that distilled the toy LCM), with an EMA target network, on data latents
     anchor  distance of z1, z2 to what the frozen initial model makes from the same inputs
             (data-free; with LoRA the initial model is the base with adapters off)

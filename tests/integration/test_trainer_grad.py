@@ -53,6 +53,6 @@ def test_served_gradient_chain_rule_matches_in_process_autograd(serve, tiny_pipe
 
 
 def ref_cond(ref, base, prompts):
-    from surrogate_service.text import TextEncoderBundle
+    from lasro_diffusion.text import TextEncoderBundle
 
     return TextEncoderBundle(base).encode(prompts, latent_size=(8, 8))

@@ -15,8 +15,8 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
+from lasro_diffusion.text import TextCond, TextEncoderBundle
 from surrogate_service.model import SurrogateReward, load_surrogate, score, score_and_grad
-from surrogate_service.text import TextCond, TextEncoderBundle
 from tests.tiny_models import LATENT_SIZE
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""trainer.lcm_loss: the consistency-distillation loss shared by the toy build and LaSRO."""
+"""lasro_diffusion.consistency: the consistency-distillation loss shared by the toy build and LaSRO."""
 
 import copy
 
@@ -11,7 +11,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
-from trainer.lcm_loss import (
+from lasro_diffusion.consistency import (
     ConsistencyDistillationLoss,
     DDIMSolver,
     boundary_scalings,
