@@ -87,5 +87,8 @@ if __name__ == "__main__":
     else:
         import uvicorn
 
+        from lasro_common.memory import tune_malloc
+
+        tune_malloc()  # as lasro_common.cli.serve does for the services
         uvicorn.run(stack_app("bench"), host="127.0.0.1", port=a.port, log_level="warning", http="httptools",
                     loop="asyncio")  # as python -m reward_service / surrogate_service run it

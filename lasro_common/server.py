@@ -30,7 +30,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import PROTOCOL_HEADER, PROTOCOL_VERSION, SAFETENSORS_MEDIA_TYPE, codec
 from .errors import MalformedBody, PayloadTooLarge, Unauthorized, UnsupportedMedia, WireError
-from .memory import tune_malloc
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
@@ -158,7 +157,6 @@ def make_auth(settings: ServiceSettings) -> Callable:
 def create_base_app(*, title: str, version: str, settings: ServiceSettings, metrics: Metrics,
                     ready: Callable[[], bool], description: str = "") -> FastAPI:
     """A FastAPI app with the shared error handlers, middleware and health routes."""
-    tune_malloc()  # large bodies: reuse heap buffers instead of fresh mmaps (see lasro_common/memory.py)
     app = FastAPI(title=title, version=version, description=description)
 
     @app.exception_handler(WireError)

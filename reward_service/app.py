@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 
 from lasro_common.batching import MicroBatcher
-from lasro_common.errors import WireError
-from lasro_common.server import (
-    ERROR_RESPONSES as ERRORS,
-)
-from lasro_common.server import (
-    Metrics,
-    RequestTimeout,
-    create_base_app,
-    make_auth,
-    media_type,
-    metrics_route,
-    read_body,
-)
+from lasro_common.server import ERROR_RESPONSES as ERRORS
+from lasro_common.server import Metrics, RequestTimeout, media_type, read_body
+from lasro_common.service import ServiceState, create_service_app
 from lasro_diffusion.loading import MODEL_LOAD_LOCK
 
 from . import __version__
@@ -36,65 +24,45 @@ from .settings import RewardSettings
 log = logging.getLogger("reward_service")
 
 
-class RewardState:
-    """Rewards and their batchers; loaded off the event loop so /healthz answers meanwhile."""
+class RewardState(ServiceState):
+    """Rewards and their batchers."""
+
+    what = "rewards"
 
     def __init__(self, settings: RewardSettings, metrics: Metrics, rewards: list[Reward] | None = None):
-        self.settings, self.metrics = settings, metrics
+        super().__init__(settings, metrics)
         self.rewards: dict[str, Reward] = {}
         self.batchers: dict[str, MicroBatcher] = {}
         self.preloaded = rewards
-        self.ready = threading.Event()
-        self.error: str | None = None
 
-    def load(self) -> None:
+    def setup(self) -> None:
         s = self.settings
-        try:
-            rewards = list(self.preloaded or [build(n, s.reward_options.get(n)) for n in s.rewards])
-            token = s.remote_token.get_secret_value() if s.remote_token else None
-            for item in s.remote:
-                name, _, url = item.partition("=")
-                rewards.append(RemoteReward(name, url, token=token, timeout=s.request_timeout_s))
-            for r in rewards:
-                with MODEL_LOAD_LOCK:  # every reward, third-party ones too: one model load at a time
-                    r.setup(s.device)
-                self.rewards[r.name] = r
-                self.batchers[r.name] = MicroBatcher(
-                    make_batch_fn(r), max_batch_size=s.batch_max_size, max_wait_ms=s.batch_max_wait_ms,
-                    max_queue=s.max_queue, enabled=s.batching, on_batch=self.metrics.observe_batch(r.name),
-                    name=f"reward-{r.name}")
-            self.ready.set()
-            log.info("rewards ready: %s", ", ".join(self.rewards))
-        except Exception as e:  # reported by /readyz and the log; the process stays up to say so
-            self.error = f"{type(e).__name__}: {e}"
-            log.exception("loading rewards failed")
+        rewards = list(self.preloaded or [build(n, s.reward_options.get(n)) for n in s.rewards])
+        token = s.remote_token.get_secret_value() if s.remote_token else None
+        for item in s.remote:
+            name, _, url = item.partition("=")
+            rewards.append(RemoteReward(name, url, token=token, timeout=s.request_timeout_s))
+        for r in rewards:
+            with MODEL_LOAD_LOCK:  # every reward, third-party ones too: one model load at a time
+                r.setup(s.device)
+            self.rewards[r.name] = r
+            self.batchers[r.name] = MicroBatcher(
+                make_batch_fn(r), max_batch_size=s.batch_max_size, max_wait_ms=s.batch_max_wait_ms,
+                max_queue=s.max_queue, enabled=s.batching, on_batch=self.metrics.observe_batch(r.name),
+                name=f"reward-{r.name}")
+        log.info("rewards ready: %s", ", ".join(self.rewards))
 
-    def require_ready(self) -> None:
-        if not self.ready.is_set():
-            raise WireError(f"rewards are not loaded yet{': ' + self.error if self.error else ''}",
-                            code="not_ready", status=503)
+    def close(self) -> None:
+        for b in self.batchers.values():
+            b.close()
 
 
 def create_app(settings: RewardSettings | None = None, rewards: list[Reward] | None = None) -> FastAPI:
     """Build the app. `rewards` overrides `settings.rewards` with ready-made instances (tests, embedding)."""
     settings = settings or RewardSettings()
-    metrics = Metrics("reward")
-    state = RewardState(settings, metrics, rewards)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        loader = asyncio.create_task(asyncio.to_thread(state.load))
-        yield
-        await loader
-        for b in state.batchers.values():
-            b.close()
-
-    app = create_base_app(title="LaSRO reward service", version=__version__, settings=settings, metrics=metrics,
-                          ready=state.ready.is_set, description="Black-box image rewards: POST /score.")
-    app.router.lifespan_context = lifespan
-    app.state.rewards = state
-    auth = [Depends(make_auth(settings))]
-    metrics_route(app, metrics, make_auth(settings))
+    state = RewardState(settings, Metrics("reward"), rewards)
+    app, auth = create_service_app(state, name="rewards", title="LaSRO reward service", version=__version__,
+                                   description="Black-box image rewards: POST /score.")
 
     @app.get("/rewards", tags=["rewards"], summary="The rewards this service can compute.",
              response_model=list[RewardInfo], responses=ERRORS, dependencies=auth)

@@ -9,6 +9,9 @@ from pydantic_settings import SettingsConfigDict
 
 from lasro_common.server import ServiceSettings
 
+# Flags whose name is not the field's: `--reward NAME` (repeatable) fills `rewards`.
+FLAG_NAMES = {"rewards": "--reward"}
+
 
 class RewardSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="REWARD_", frozen=True)

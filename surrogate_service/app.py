@@ -6,26 +6,16 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import threading
-from contextlib import asynccontextmanager
 from typing import Any
 
 import torch
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 
 from lasro_common import redis_util
 from lasro_common.batching import MicroBatcher
-from lasro_common.errors import WireError
 from lasro_common.server import ERROR_RESPONSES as ERRORS
-from lasro_common.server import (
-    Metrics,
-    RequestTimeout,
-    create_base_app,
-    make_auth,
-    metrics_route,
-    read_tensors,
-    tensor_response,
-)
+from lasro_common.server import Metrics, RequestTimeout, read_tensors, tensor_response
+from lasro_common.service import ServiceState, create_service_app
 
 from . import __version__
 from .model import load_surrogate
@@ -37,49 +27,44 @@ from .slot import ModelSlot
 log = logging.getLogger("surrogate_service")
 
 
-class SurrogateState:
-    """Model, text encoders, slot, batchers and learner; loaded off the event loop."""
+class SurrogateState(ServiceState):
+    """Model, text encoders, slot, batchers and learner."""
+
+    what = "surrogate"
 
     def __init__(self, settings: SurrogateSettings, metrics: Metrics):
-        self.settings, self.metrics = settings, metrics
-        self.ready = threading.Event()
-        self.error: str | None = None
+        super().__init__(settings, metrics)
         self.learner: Any = None
         self.follower: Any = None
         self.slot: ModelSlot | None = None
 
-    def load(self) -> None:
+    def setup(self) -> None:
         s = self.settings
-        try:
-            model, self.text = load_surrogate(s.base_model, device=s.device, dtype=getattr(torch, s.dtype),
-                                              timestep=s.timestep, head_channels=s.head_channels,
-                                              freeze_backbone=s.freeze_backbone)
-            self.in_channels = model.backbone.conv_in.in_channels
-            self.multiple = 2 ** sum(1 for b in model.backbone.down_blocks if getattr(b, "downsamplers", None))
-            self.slot = ModelSlot(copy.deepcopy(model), 0)
-            if s.learn:
-                from .learner import Learner
+        model, self.text = load_surrogate(s.base_model, device=s.device, dtype=getattr(torch, s.dtype),
+                                          timestep=s.timestep, head_channels=s.head_channels,
+                                          freeze_backbone=s.freeze_backbone)
+        self.in_channels = model.backbone.conv_in.in_channels
+        self.multiple = 2 ** sum(1 for b in model.backbone.down_blocks if getattr(b, "downsamplers", None))
+        self.slot = ModelSlot(copy.deepcopy(model), 0)
+        if s.learn:
+            from .learner import Learner
 
-                self.learner = Learner(model, self.text, self.slot, s,
-                                       lambda: redis_util.connect(s.redis_url, db_dir=s.redis_dir))
-                self.learner.restore()
-                self.learner.start()
-            elif s.follow:
-                from .follow import Follower
+            self.learner = Learner(model, self.text, self.slot, s,
+                                   lambda: redis_util.connect(s.redis_url, db_dir=s.redis_dir))
+            self.learner.restore()
+            self.learner.start()
+        elif s.follow:
+            from .follow import Follower
 
-                self.follower = Follower(self.slot, s.checkpoint_dir, s.follow_every_s)
-                self.follower.start()
-            kw = dict(max_batch_size=s.batch_max_size, max_wait_ms=s.batch_max_wait_ms, max_queue=s.max_queue,
-                      enabled=s.batching)
-            self.grad = MicroBatcher(make_batch_fn(self.slot, self.text, with_grad=True),
-                                     on_batch=self.metrics.observe_batch("grad"), name="grad", **kw)
-            self.score = MicroBatcher(make_batch_fn(self.slot, self.text, with_grad=False),
-                                      on_batch=self.metrics.observe_batch("score"), name="score", **kw)
-            self.ready.set()
-            log.info("surrogate ready: %s (version %d)", s.base_model, self.slot.version)
-        except Exception as e:  # reported by /readyz; the process stays up to say so
-            self.error = f"{type(e).__name__}: {e}"
-            log.exception("loading the surrogate failed")
+            self.follower = Follower(self.slot, s.checkpoint_dir, s.follow_every_s)
+            self.follower.start()
+        kw = dict(max_batch_size=s.batch_max_size, max_wait_ms=s.batch_max_wait_ms, max_queue=s.max_queue,
+                  enabled=s.batching)
+        self.grad = MicroBatcher(make_batch_fn(self.slot, self.text, with_grad=True),
+                                 on_batch=self.metrics.observe_batch("grad"), name="grad", **kw)
+        self.score = MicroBatcher(make_batch_fn(self.slot, self.text, with_grad=False),
+                                  on_batch=self.metrics.observe_batch("score"), name="score", **kw)
+        log.info("surrogate ready: %s (version %d)", s.base_model, self.slot.version)
 
     def close(self) -> None:
         if self.learner is not None:
@@ -89,11 +74,6 @@ class SurrogateState:
         for b in (getattr(self, "grad", None), getattr(self, "score", None)):
             if b is not None:
                 b.close()
-
-    def require_ready(self) -> None:
-        if not self.ready.is_set():
-            raise WireError(f"the surrogate is not loaded yet{': ' + self.error if self.error else ''}",
-                            code="not_ready", status=503)
 
     async def request(self, request: Request, batcher_name: str):
         self.require_ready()
@@ -110,23 +90,9 @@ class SurrogateState:
 
 def create_app(settings: SurrogateSettings | None = None) -> FastAPI:
     settings = settings or SurrogateSettings()
-    metrics = Metrics("surrogate")
-    state = SurrogateState(settings, metrics)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        loader = asyncio.create_task(asyncio.to_thread(state.load))
-        yield
-        await loader
-        await asyncio.to_thread(state.close)
-
-    app = create_base_app(title="LaSRO surrogate service", version=__version__, settings=settings, metrics=metrics,
-                          ready=state.ready.is_set,
-                          description="R_psi, a latent-space surrogate reward: scores and dR/dz for latents.")
-    app.router.lifespan_context = lifespan
-    app.state.surrogate = state
-    auth = [Depends(make_auth(settings))]
-    metrics_route(app, metrics, make_auth(settings))
+    state = SurrogateState(settings, Metrics("surrogate"))
+    app, auth = create_service_app(state, name="surrogate", title="LaSRO surrogate service", version=__version__,
+                                   description="R_psi, a latent-space surrogate reward: scores and dR/dz for latents.")
 
     @app.post("/grad", tags=["surrogate"], summary="Scores and d score / d latents (safetensors in and out).",
               openapi_extra=LATENT_OPENAPI, responses={**ERRORS, 200: {"content": {"application/x-safetensors": {}}}},

@@ -27,39 +27,38 @@ def _default(field) -> str:
     return f"`{d!r}`" if d is not None else "unset"
 
 
-REWARD_FLAGS = {"host": "--host", "port": "--port", "rewards": "--reward NAME (repeat)",
-                "remote": "--remote NAME=URL (repeat)", "device": "--device", "batching": "--no-batching"}
-SURROGATE_FLAGS = {"host": "--host", "port": "--port", "base_model": "--base-model", "redis_url": "--redis-url",
-                   "checkpoint_dir": "--checkpoint-dir", "device": "--device", "learn": "--no-learn"}
-
-
 def _cell(text: str) -> str:
     """A Markdown table cell: a bare | would split the row into another column."""
     return text.replace("|", "\\|")
 
 
-def section(title: str, cls: type[BaseSettings], cli: str, flags: dict[str, str] | None = None) -> str:
+def section(title: str, cls: type[BaseSettings], cli: str, names: dict[str, str] | None = None) -> str:
+    from lasro_common.cli import flag_for
+
     prefix = cls.model_config.get("env_prefix", "")
     lines = [f"\n## {title}\n", f"Environment prefix `{prefix}`; command `{cli}`.\n",
              "| env variable | flag | default | meaning |", "|---|---|---|---|"]
     for name, f in cls.model_fields.items():
-        flag = f"--{name.replace('_', '-')}" if flags is None else flags.get(name, "")
-        flag = f"`{flag}`" if flag else ""
+        flag = flag_for(name, cls, names)
+        if flag and f.annotation is bool:
+            flag = f"{flag}, --no-{flag[2:]}"
+        flag = f"`{flag}`" if flag else "(environment only)"
         lines.append(f"| `{prefix}{name.upper()}` | {flag} | {_default(f)} | {_cell(f.description or '')} |")
     return "\n".join(lines) + "\n"
 
 
 def render() -> str:
-    from reward_service.settings import RewardSettings
+    from reward_service.settings import FLAG_NAMES, RewardSettings
     from surrogate_service.settings import SurrogateSettings
     from trainer.config import TrainConfig
 
-    notes = ("\nFlags: the reward service and the surrogate service accept the flags their `--help` lists "
-             "(host, port, rewards/remote, base model, Redis URL, ...); every other field is set through its "
-             "environment variable. List-valued and dict-valued variables take JSON, e.g. "
-             "`REWARD_REWARDS='[\"jpeg_compressibility\"]'`. The trainer accepts every field as a flag.\n")
-    return (HEAD + notes + section("Reward service", RewardSettings, "python -m reward_service", REWARD_FLAGS)
-            + section("Surrogate service", SurrogateSettings, "python -m surrogate_service", SURROGATE_FLAGS)
+    notes = ("\nFlags are generated from the settings classes (`lasro_common/cli.py`): every field is a flag "
+             "and an environment variable, and a flag wins over the variable. Booleans have a `--no-` form; "
+             "list-valued flags repeat (`--reward a --reward b`); dict-valued flags and every list- or "
+             "dict-valued variable take JSON, e.g. `REWARD_REWARDS='[\"jpeg_compressibility\"]'`. Bearer "
+             "tokens have no flag: a command line is visible to every user of the machine.\n")
+    return (HEAD + notes + section("Reward service", RewardSettings, "python -m reward_service", FLAG_NAMES)
+            + section("Surrogate service", SurrogateSettings, "python -m surrogate_service")
             + section("Trainer", TrainConfig, "python -m trainer {train,pretrain,evaluate,sample}"))
 
 

@@ -8,7 +8,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import TrainConfig, add_arguments, from_args
+from lasro_common.cli import add_settings_arguments, settings_from_args
+
+from .config import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,9 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("train", "the LaSRO loop"), ("pretrain", "fill the surrogate before fine-tuning"),
                         ("evaluate", "held-out true and surrogate reward of 1- and 2-step samples")):
-        add_arguments(sub.add_parser(name, help=help_), TrainConfig)
+        add_settings_arguments(sub.add_parser(name, help=help_), TrainConfig)
     sp = sub.add_parser("sample", help="write an image grid for prompts")
-    add_arguments(sp, TrainConfig)
+    add_settings_arguments(sp, TrainConfig)
     sp.add_argument("--prompt", action="append", required=True)
     sp.add_argument("--steps", type=int, default=2)
     sp.add_argument("--grid", type=Path, default=Path("samples.png"))
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_table(s))
             print(f"\nreport: {args.out / 'report.html'}\nsummary: {args.out / 'summary.json'}")
             return 0
-        cfg = from_args(TrainConfig, args)
+        cfg = settings_from_args(TrainConfig, args)
     except ValueError as e:  # bad config: say so before any work
         print(f"error: {e}", file=sys.stderr)
         return 2

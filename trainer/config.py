@@ -4,9 +4,6 @@ before any work starts."""
 
 from __future__ import annotations
 
-import argparse
-import types
-import typing
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -120,23 +117,3 @@ def _is_sdxl(base_model: str | None) -> bool:
 
     index = read_pipeline_json(str(base_model), "model_index.json") or {}
     return "text_encoder_2" in index or "XL" in str(index.get("_class_name", ""))
-
-
-def add_arguments(parser: argparse.ArgumentParser, model: type[BaseSettings]) -> None:
-    """One --flag per field, with the field's description as help."""
-    for name, field in model.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        ann = field.annotation
-        args = typing.get_args(ann) if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union else ()
-        base = next((a for a in args if a is not type(None)), ann)
-        help_ = field.description or ""
-        if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            parser.add_argument(flag, type=str if base in (str, Path) else base, default=None, help=help_,
-                                metavar=name.upper())
-
-
-def from_args(model: type[BaseSettings], ns: argparse.Namespace, **extra):
-    values = {k: v for k, v in vars(ns).items() if k in model.model_fields and v is not None}
-    return model(**{**values, **extra})
