@@ -221,9 +221,11 @@ class SurrogateReward(nn.Module):
             if tuple(cond.time_ids.shape) != (b, 6):
                 raise ValueError(f"time_ids shape {tuple(cond.time_ids.shape)} != {(b, 6)}")
 
-    def forward(self, latents: torch.Tensor, cond: TextCond, head: int) -> torch.Tensor:
-        """(B, C, h, w) clean latents + (B,) prompts' conditioning -> (B,) float32 scores."""
-        self.validate(latents, cond, head)
+    def forward(self, latents: torch.Tensor, cond: TextCond, head: int, *, checked: bool = False) -> torch.Tensor:
+        """(B, C, h, w) clean latents + (B,) prompts' conditioning -> (B,) float32 scores.
+        `checked=True`: the caller validated the inputs already (the service does, at the edge)."""
+        if not checked:
+            self.validate(latents, cond, head)
         z = latents.to(device=self.device, dtype=self.dtype)  # (B, C, h, w)
         feats = self.backbone(z, cond.to(self.device, self.dtype))  # (B, C_mid, h', w')
         out = self.heads[str(head)](feats).squeeze(-1)  # (B,)
@@ -232,18 +234,19 @@ class SurrogateReward(nn.Module):
 
 
 def score_and_grad(
-    model: SurrogateReward, latents: torch.Tensor, cond: TextCond, head: int
+    model: SurrogateReward, latents: torch.Tensor, cond: TextCond, head: int, *, checked: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (B,) and d(sum of scores)/d latents (same shape, dtype, device as ``latents``).
 
     Each score depends only on its own latent, so the gradient of the sum is the per-sample
     gradient. Computed on a float32 leaf (float64 stays float64), so fp16/bf16 callers still
     get a gradient accumulated in float32; parameters' .grad are left untouched."""
-    model.validate(latents, cond, head)
+    if not checked:
+        model.validate(latents, cond, head)
     leaf_dtype = torch.promote_types(latents.dtype, torch.float32)
     with torch.enable_grad():
         z = latents.detach().to(leaf_dtype).requires_grad_(True)  # (B, C, h, w)
-        scores = model(z, cond, head)  # (B,)
+        scores = model(z, cond, head, checked=True)  # (B,)
         (grad,) = torch.autograd.grad(scores.sum(), z)
     return scores.detach(), grad.to(dtype=latents.dtype, device=latents.device)
 

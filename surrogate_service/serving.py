@@ -78,11 +78,12 @@ def make_batch_fn(slot: ModelSlot, text: TextEncoderBundle, *, with_grad: bool):
         cond = text.encode(prompts, latent_size=tuple(latents.shape[-2:])).to(model.device, model.dtype)
         head = items[0].head
         if with_grad:
-            scores, grad = score_and_grad(model, latents.to(model.device), cond, head)
+            # parse() validated the request at the edge: no second pass over the latents
+            scores, grad = score_and_grad(model, latents.to(model.device), cond, head, checked=True)
             grad = grad.to(latents.dtype).cpu().numpy()
         else:
             with torch.no_grad():
-                scores = model(latents.to(model.device, model.dtype), cond, head)
+                scores = model(latents.to(model.device, model.dtype), cond, head, checked=True)
             grad = None
         scores = scores.float().cpu().numpy()
         if not np.isfinite(scores).all() or (grad is not None and not np.isfinite(grad).all()):
