@@ -32,9 +32,6 @@ class WireError(LasroError):
         if status is not None:
             self.status = status
 
-    def to_json(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
-
 
 class MalformedBody(WireError):
     status, code = 400, "malformed_body"

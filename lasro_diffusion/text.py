@@ -47,33 +47,6 @@ class TextCond:
 
         return TextCond(mv(self.encoder_hidden_states), mv(self.text_embeds), mv(self.time_ids))
 
-    def select(self, index: torch.Tensor | list[int] | slice | int) -> TextCond:
-        """Rows ``index`` of every field (int keeps the batch dim)."""
-        if isinstance(index, int):
-            index = [index]
-        if isinstance(index, list):
-            index = torch.as_tensor(index, dtype=torch.long)
-
-        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[index]
-
-        return TextCond(
-            pick(self.encoder_hidden_states), pick(self.text_embeds), pick(self.time_ids)
-        )
-
-    index = select  # alias
-
-    @staticmethod
-    def cat(conds: list[TextCond]) -> TextCond:
-        def join(ts: list[torch.Tensor | None]) -> torch.Tensor | None:
-            return None if ts[0] is None else torch.cat(ts, dim=0)  # type: ignore[arg-type]
-
-        return TextCond(
-            join([c.encoder_hidden_states for c in conds]),
-            join([c.text_embeds for c in conds]),
-            join([c.time_ids for c in conds]),
-        )
-
 
 def _has_component(index: dict | None, base_model: str, name: str) -> bool:
     if index is not None:
@@ -143,9 +116,6 @@ class TextEncoderBundle:
             "max_size": self.cache_size,
             "encoder_calls": self.encoder_calls,
         }
-
-    def clear_cache(self) -> None:
-        self._cache.clear()
 
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:

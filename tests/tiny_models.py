@@ -10,8 +10,8 @@ tests exercise exactly the same ``from_pretrained`` code path as real checkpoint
 
 Sizes: latents are 4 x 8 x 8, the VAE has 2 blocks (vae_scale_factor 2, images 16 x 16) and the
 UNet has 2 blocks (one down-sampling, so latent sides must be even). The CLIP tokenizer is built
-from a vocabulary written here (all 256 byte-level symbols, their end-of-word forms, a handful of
-merges, and the two special tokens), so different prompts really give different token ids.
+from a word list by lasro_diffusion.tokenizer (the toy world's builder), so different prompts
+really give different token ids.
 Everything is deterministic: each component is created right after ``torch.manual_seed``.
 """
 
@@ -29,6 +29,8 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from lasro_diffusion.tokenizer import word_clip_tokenizer
+
 TOKENIZER_MAX_LENGTH = 16  # real CLIP uses 77; short sequences keep tests fast
 LATENT_SIZE = 8  # unet sample_size (latent side)
 SEED = 0
@@ -37,46 +39,13 @@ SEED = 0
 _MERGE_WORDS = ("a", "red", "blue", "green", "circle", "square", "triangle", "and", "cat", "dog")
 
 
-def _bytes_to_unicode() -> list[str]:
-    """The GPT-2/CLIP byte -> printable-unicode table, in CLIP's order."""
-    bs = list(range(ord("!"), ord("~") + 1))
-    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def tiny_clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A small but complete byte-level CLIP vocabulary and merge list (built, not downloaded)."""
-    symbols = _bytes_to_unicode()
-    tokens = symbols + [s + "</w>" for s in symbols]
-    merges: list[tuple[str, str]] = []
-    for word in _MERGE_WORDS:
-        # Merge left to right: "r e" -> "re", "re d</w>" -> "red</w>".
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        current = pieces[0]
-        for nxt in pieces[1:]:
-            merges.append((current, nxt))
-            current = current + nxt
-            if current not in tokens:
-                tokens.append(current)
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    return vocab, list(dict.fromkeys(merges))
-
-
 def tiny_clip_tokenizer() -> CLIPTokenizer:
-    vocab, merges = tiny_clip_vocab()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TOKENIZER_MAX_LENGTH)
+    """A small but complete byte-level CLIP tokenizer (built, not downloaded)."""
+    return word_clip_tokenizer(_MERGE_WORDS, TOKENIZER_MAX_LENGTH)
 
 
 def _text_config(hidden_size: int, projection_dim: int = 32) -> CLIPTextConfig:
-    vocab, _ = tiny_clip_vocab()
+    vocab = tiny_clip_tokenizer().get_vocab()
     return CLIPTextConfig(
         vocab_size=len(vocab),
         hidden_size=hidden_size,

@@ -16,6 +16,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from lasro_diffusion.tokenizer import word_clip_tokenizer
 from toyworld.captions import COLORS, SHAPES
 
 MAX_TOKENS = 16  # "a yellow triangle and a white square" is 9 tokens with BOS/EOS
@@ -30,39 +31,10 @@ SCHEDULE = dict(
 )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte-level alphabet: 256 printable stand-ins for the 256 byte values."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
-
-
 def build_tokenizer() -> CLIPTokenizer:
-    """A CLIP byte-level BPE tokenizer whose vocab holds every byte plus each caption word as one
-    token: merges spell each word left to right, so any text still tokenizes (byte fallback)."""
-    chars = list(_bytes_to_unicode().values())
-    vocab_list = chars + [c + "</w>" for c in chars]
-    merges: list[tuple[str, str]] = []
-    for word in sorted(WORDS, key=len, reverse=True):  # long words first: "an" inside "triangle"
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        cur = pieces[0]
-        for nxt in pieces[1:]:
-            merge = (cur, nxt)
-            if merge not in merges:
-                merges.append(merge)
-            cur = cur + nxt
-            if cur not in vocab_list:
-                vocab_list.append(cur)
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(vocab_list)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    """A CLIP byte-level BPE tokenizer with each caption word as one token (any text still
+    tokenizes, byte by byte)."""
+    return word_clip_tokenizer(WORDS, MAX_TOKENS)
 
 
 def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
