@@ -104,6 +104,12 @@ def test_a_checkpoint_missing_a_weight_is_refused_by_name(files, tmp_path):
         r.setup("cpu")
 
 
+def test_a_file_that_is_not_imagereward_is_refused(files, tmp_path):
+    torch.save({"layers.0.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an ImageReward state dict"):
+        ImageRewardScore(str(tmp_path / "other.pt"), files["med_config"], files["tokenizer"]).setup("cpu")
+
+
 @dataclasses.dataclass
 class NotATensor:
     payload: str = "code"

@@ -95,9 +95,9 @@ def load_med_config(path: str) -> dict[str, Any]:
 def convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Original ImageReward keys -> ImageRewardModel keys (`vision.*`, `text.*`, `mlp.*`).
 
-    Keys it does not know are left out and logged; `load_state_dict(strict=True)` afterwards names
-    anything the model needs that the file lacks (the package loads with strict=False and would
-    silently keep random weights there)."""
+    Keys it does not know are left out and logged; the reward's setup then names any weight the
+    model needs that the file lacks (the package loads with strict=False and would silently keep
+    random weights there)."""
     out: dict[str, torch.Tensor] = {}
     unknown = []
     for key, value in state.items():

@@ -41,15 +41,22 @@ class ImageRewardScore(Reward):
         from transformers import BertTokenizer
 
         state = convert.load_tensors(convert.resolve(self.checkpoint, convert.CHECKPOINT_FILE))
+        if "blip.visual_encoder.pos_embed" not in state or "mlp.layers.0.weight" not in state:
+            raise ValueError(f"{self.checkpoint}: not an ImageReward state dict (no blip.visual_encoder.* "
+                             "or mlp.layers.* weights)")
         med = convert.load_med_config(convert.resolve(self.med_config, convert.MED_CONFIG_FILE))
         vision = vision_config(state)
         if vision.image_size != SIZE:
             raise ValueError(f"{self.checkpoint}: its ViT covers {vision.image_size} px; ImageReward runs at {SIZE}")
         model = ImageRewardModel(vision, text_config(med, vision.hidden_size), state["mlp.layers.0.weight"].shape[1])
         try:
-            model.load_state_dict(convert.convert(state), strict=True)
-        except RuntimeError as e:  # missing / unexpected / mis-shaped keys, each named by torch
+            missing, unexpected = model.load_state_dict(convert.convert(state), strict=False)
+        except RuntimeError as e:  # mis-shaped weights, each named by torch
             raise ValueError(f"{self.checkpoint} does not fit ImageReward with {self.med_config}: {e}") from None
+        missing = [k for k in missing if not k.endswith("position_ids")]  # a buffer, persistent or not
+        if missing or unexpected:  # the package loads with strict=False and would keep random weights
+            raise ValueError(f"{self.checkpoint} does not fit ImageReward with {self.med_config}: missing "
+                             f"{missing[:10]}, unexpected {unexpected[:10]}")
         del state
         model.to(device, self.dtype).mlp.float()  # the package runs its MLP head on float32 features
         self.model = model.eval().requires_grad_(False)  # /grad wants d/d pixels only
