@@ -38,6 +38,23 @@ def _body(images: Any, prompts: list[str] | None, reward: RewardSpec, as_json: b
     return {"content": codec.encode({"images": images}, meta), "headers": {"Content-Type": SAFETENSORS_MEDIA_TYPE}}
 
 
+@dataclass
+class GradResult:
+    scores: np.ndarray  # (B,) float32, weighted
+    grad: np.ndarray  # (B, 3, H, W) float32: d(weighted score) / d(images)
+    version: str
+
+
+def _grad_body(images: Any, prompts: list[str] | None, reward: RewardSpec) -> dict[str, Any]:
+    return _body(images.float() if hasattr(images, "float") else np.asarray(images, np.float32),
+                 prompts, reward, as_json=False)
+
+
+def _grad_result(raw: bytes) -> GradResult:
+    d = codec.decode(raw)
+    return GradResult(d.tensors["scores"].copy(), d.tensors["grad"].copy(), str(d.metadata.get("version", "")))
+
+
 def _result(data: dict[str, Any]) -> ScoreResult:
     return ScoreResult(np.asarray(data["scores"], dtype=np.float64),
                        {k: np.asarray(v) for k, v in data["components"].items()}, data["version"], data)
@@ -48,6 +65,11 @@ class RewardClient(SyncClient):
               *, as_json: bool = False) -> ScoreResult:
         """Score images; `as_json` sends base64 PNGs instead of a safetensors body (lossy for float)."""
         return _result(self.request("POST", "/score", **_body(images, prompts, reward, as_json)).json())
+
+    def grad(self, images: Any, prompts: list[str] | None = None, reward: RewardSpec = None) -> GradResult:
+        """Scores and d(score)/d(images) of a differentiable reward (POST /grad): images float in
+        [0, 1], (B, 3, H, W); the gradient has the same shape."""
+        return _grad_result(self.request("POST", "/grad", **_grad_body(images, prompts, reward)).content)
 
     def rewards(self) -> list[dict[str, Any]]:
         return self.request("GET", "/rewards").json()
@@ -60,6 +82,9 @@ class AsyncRewardClient(AsyncClient):
     async def score(self, images: Any, prompts: list[str] | None = None, reward: RewardSpec = None,
                     *, as_json: bool = False) -> ScoreResult:
         return _result((await self.request("POST", "/score", **_body(images, prompts, reward, as_json))).json())
+
+    async def grad(self, images: Any, prompts: list[str] | None = None, reward: RewardSpec = None) -> GradResult:
+        return _grad_result((await self.request("POST", "/grad", **_grad_body(images, prompts, reward))).content)
 
     async def rewards(self) -> list[dict[str, Any]]:
         return (await self.request("GET", "/rewards")).json()

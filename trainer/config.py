@@ -59,8 +59,16 @@ class TrainConfig(BaseSettings):
     normalizer: str = Field("ema_norm", description="S: ema_norm | max_norm | none (see trainer/normalize.py).")
     norm_clip: float = Field(3.0, gt=0, description="S clips per-sample gradient norms above clip × running mean.")
     adapt_every: int = Field(1, ge=1, description="Every k iterations, score fresh samples and feed the surrogate.")
+    adapt: bool = Field(True, description="Online adaptation: stream freshly scored samples to the surrogate learner while fine-tuning; --no-adapt freezes R_psi after pre-training (the paper's fixed-surrogate ablation).")
+    exploration: str = Field("off_policy", description="off_policy: N_s different initial noises per prompt (LaSRO); on_policy: a prompt's N_s samples share one z_T and differ only in the renoising noise (ablation).")
+    grad_source: str = Field("surrogate", description="surrogate: dR/dz from R_psi (LaSRO); true: the true reward's own gradient through the VAE decoder, from the reward service's POST /grad (the ReFL/DRaFT oracle; needs a differentiable reward).")
     eval_every: int = Field(25, ge=1, description="Evaluate on held-out prompts every M iterations.")
     checkpoint_every: int = Field(50, ge=1, description="Checkpoint every this many iterations.")
+    # --- the policy-gradient and preference baselines (trainer/rlcm.py, trainer/dpo.py) ---
+    ppo_clip_range: float = Field(1e-4, gt=0, description="RLCM: PPO ratio clip ε (RLCM's and ddpo-pytorch's 1e-4).")
+    ppo_inner_epochs: int = Field(2, ge=1, description="RLCM: clipped-ratio updates per sampled batch.")
+    adv_clip_max: float = Field(10.0, gt=0, description="RLCM: advantages clipped to ±this (RLCM's 10).")
+    dpo_beta: float = Field(1000.0, gt=0, description="DPO: β of the Diffusion-DPO loss on consistency errors (x0-space MSE).")
     # --- pretrain ---
     pretrain_groups: int = Field(256, ge=0, description="Budget of sample groups (prompt × step) for pretraining.")
     pretrain_accuracy: float = Field(0.75, ge=0.5, le=1.0, description="Stop pretraining at this held-out pair accuracy.")
@@ -93,6 +101,10 @@ class TrainConfig(BaseSettings):
             raise ValueError(f"regularizer must be one of {REGS}, got {self.regularizer!r}")
         if self.normalizer not in NORMS:
             raise ValueError(f"normalizer must be one of {NORMS}, got {self.normalizer!r}")
+        if self.exploration not in ("off_policy", "on_policy"):
+            raise ValueError(f"exploration must be off_policy or on_policy, got {self.exploration!r}")
+        if self.grad_source not in ("surrogate", "true"):
+            raise ValueError(f"grad_source must be surrogate or true, got {self.grad_source!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):

@@ -29,7 +29,7 @@ def reward_spec(reward: str) -> str | dict[str, float]:
 
 
 class RewardLabeler:
-    def __init__(self, model: FewStepModel, rewards: RewardClient, producer: GroupProducer, *,
+    def __init__(self, model: FewStepModel, rewards: RewardClient, producer: GroupProducer | None, *,
                  reward: str, max_pending: int = 2):
         self.model, self.rewards, self.producer = model, rewards, producer
         self.reward, self.max_pending = reward, max_pending

@@ -36,6 +36,7 @@ from .labeler import RewardLabeler
 from .normalize import GradNormalizer
 from .prompts import eval_prompts, train_prompts
 from .report import RunLog, save_grid
+from .true_grad import true_reward_grad
 
 log = logging.getLogger("trainer")
 
@@ -89,11 +90,13 @@ def train(cfg: TrainConfig) -> dict:
     norm1, norm2 = (GradNormalizer(cfg.normalizer, clip=cfg.norm_clip) for _ in range(2))
     rewards = RewardClient(cfg.reward_url, token=cfg.reward_token, retries=cfg.service_retries)
     surrogate = SurrogateClient(cfg.surrogate_url, token=cfg.surrogate_token, retries=cfg.service_retries)
-    if not cfg.redis_url:
+    streaming = cfg.adapt and cfg.grad_source == "surrogate"  # online adaptation feeds the learner
+    if streaming and not cfg.redis_url:
         raise ValueError("--redis-url is required: the Redis the surrogate service consumes from")
-    labeler = RewardLabeler(model, rewards, GroupProducer(redis_util.connect(cfg.redis_url), cfg.stream),
-                            reward=cfg.reward)
-    state = {"iteration": 0, "queries": 0, "eval_queries": 0, "blocked_s": 0.0, "loop_s": 0.0, "before": None}
+    producer = GroupProducer(redis_util.connect(cfg.redis_url), cfg.stream) if streaming else None
+    labeler = RewardLabeler(model, rewards, producer, reward=cfg.reward)
+    state = {"iteration": 0, "queries": 0, "grad_queries": 0, "eval_queries": 0, "blocked_s": 0.0, "loop_s": 0.0,
+             "before": None}
 
     ckpt = cfg.out / "checkpoint"
     if cfg.resume and checkpoint.exists(ckpt):
@@ -101,7 +104,8 @@ def train(cfg: TrainConfig) -> dict:
         norm1.load_state_dict(extra["norm1"])
         norm2.load_state_dict(extra["norm2"])
         reg.load_state_dict(extra.get("reg", {}))
-        labeler.queries = state["queries"] // world
+        state.setdefault("grad_queries", 0)  # checkpoints from before --grad-source
+        labeler.queries = state["queries"] // world - state["grad_queries"]
         log.info("resumed from %s at iteration %d", ckpt, state["iteration"])
 
     prompt_stream = train_prompts(cfg.prompts, cfg.seed + 7919 * rank)  # each process its own prompts
@@ -110,19 +114,24 @@ def train(cfg: TrainConfig) -> dict:
     held_out = eval_prompts(cfg.eval_prompts)
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grad")
 
+    def spent() -> int:
+        """True-reward queries of this process: scored for the surrogate, or for their gradient."""
+        return labeler.queries + state["grad_queries"]
+
     def save_checkpoint() -> None:
         if not main:
             return
-        state["queries"] = labeler.queries * world  # every process spends the same number
+        state["queries"] = spent() * world  # every process spends the same number
         checkpoint.save(ckpt, unet=model.unet, lora=cfg.lora_rank > 0, optimizer=opt, state=state,
                         extra={"norm1": norm1.state_dict(), "norm2": norm2.state_dict(), "reg": reg.state_dict()})
 
     def run_eval(it: int) -> dict | None:
         if not main:
             return None
-        ev = evaluate(model, held_out, cfg.eval_seeds, rewards, cfg.reward, surrogate)
+        ev = evaluate(model, held_out, cfg.eval_seeds, rewards, cfg.reward,
+                      surrogate if cfg.grad_source == "surrogate" else None)
         state["eval_queries"] += ev.queries
-        summary = {"iteration": it, **ev.summary()}
+        summary = {"iteration": it, "queries": spent() * world, **ev.summary()}
         run.eval(it, summary, ev)
         return summary
 
@@ -137,13 +146,22 @@ def train(cfg: TrainConfig) -> dict:
             prompts = [next(prompt_stream) for _ in range(cfg.prompts_per_iter)]  # P
             reps = [p for p in prompts for _ in range(cfg.n_noises)]  # B = P·N_s, N_s noises per prompt
             cond = model.encode(reps)
-            z_t = model.noise(len(reps), gen)  # (B, C, h, w): off-policy exploration around each prompt
+            if cfg.exploration == "off_policy":  # N_s different z_T per prompt: exploration around each prompt
+                z_t = model.noise(len(reps), gen)  # (B, C, h, w)
+            else:  # on-policy ablation: one z_T per prompt, the N_s samples differ only in the renoising noise
+                z_t = model.noise(len(prompts), gen).repeat_interleave(cfg.n_noises, dim=0)  # (B, C, h, w)
             with acc.autocast():
                 s = model.sample(z_t, cond, gen)  # z1, z2 (B, C, h, w), differentiable in θ
 
-            # dR/dz from the surrogate for both outputs, fetched while the regulariser computes
-            f1 = pool.submit(surrogate.grad, s.z1.detach().float().cpu(), reps, 1)
-            f2 = pool.submit(surrogate.grad, s.z2.detach().float().cpu(), reps, 2)
+            # dR/dz for both outputs, fetched while the regulariser computes: from the surrogate
+            # (LaSRO), or the true reward's own gradient through the decoder (--grad-source true)
+            if cfg.grad_source == "surrogate":
+                f1 = pool.submit(surrogate.grad, s.z1.detach().float().cpu(), reps, 1)
+                f2 = pool.submit(surrogate.grad, s.z2.detach().float().cpu(), reps, 2)
+            else:
+                f1 = pool.submit(true_reward_grad, model, rewards, cfg.reward, s.z1.detach(), reps)
+                f2 = pool.submit(true_reward_grad, model, rewards, cfg.reward, s.z2.detach(), reps)
+                state["grad_queries"] += 2 * len(reps)
             with acc.autocast():
                 l_reg = reg.loss(s, cond, gen) if cfg.c > 0 else torch.zeros((), device=model.device)
             t_wait = time.perf_counter()
@@ -168,7 +186,8 @@ def train(cfg: TrainConfig) -> dict:
             opt.step()
             reg.after_step()
 
-            if (it + 1) % cfg.adapt_every == 0:  # fresh true rewards for the surrogate, in the background
+            if streaming and (it + 1) % cfg.adapt_every == 0:
+                # fresh true rewards for the surrogate, in the background
                 t_wait = time.perf_counter()
                 labeler.submit(s.z1.detach(), s.z2.detach(), prompts, cfg.n_noises, it + 1)
                 state["blocked_s"] += time.perf_counter() - t_wait
@@ -176,11 +195,11 @@ def train(cfg: TrainConfig) -> dict:
             state["loop_s"] += time.perf_counter() - t_it
             row = {"iteration": it + 1, "loss": loss.item(), "l_reg": l_reg.item(), "l_r1": l_r1.item(),
                    "l_r2": l_r2.item(), "surrogate_1step_train": float(r1.scores.mean()),
-                   "surrogate_2step_train": float(r2.scores.mean()), "surrogate_version": r2.version,
-                   "grad_norm": float(grad_norm), "lr": lr, "queries": labeler.queries, "groups": labeler.groups}
+                   "surrogate_2step_train": float(r2.scores.mean()), "surrogate_version": r2.version if cfg.grad_source == "surrogate" else -1,
+                   "grad_norm": float(grad_norm), "lr": lr, "queries": spent(), "groups": labeler.groups}
             if main:
                 run.train(it + 1, row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", v=r2.version, q=labeler.queries)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", v=r2.version, q=spent())
             if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations:
                 labeler.drain()
                 run_eval(it + 1)

@@ -104,8 +104,10 @@ def plot_curves(out: Path) -> Path:
     axes[1].set_title("held-out surrogate score (same samples)")
     ti = [r["iteration"] for r in train]
     for key, label in (("surrogate_1step_train", "surrogate, 1-step train samples"),
-                       ("surrogate_2step_train", "surrogate, 2-step train samples"), ("l_reg", "regulariser L_reg")):
-        axes[2].plot(ti, [r[key] for r in train], label=label, lw=1)
+                       ("surrogate_2step_train", "surrogate, 2-step train samples"), ("l_reg", "regulariser L_reg"),
+                       ("reward_train", "true reward of the batch (baselines)")):
+        if train and key in train[0]:  # the baselines log other training quantities than LaSRO
+            axes[2].plot(ti, [r[key] for r in train], label=label, lw=1)
     axes[2].set_title("training: surrogate score of the batch, regulariser")
     for ax in axes:
         ax.set_xlabel("iteration")
