@@ -42,9 +42,9 @@ class SurrogateState(ServiceState):
         s = self.settings
         model, self.text = load_surrogate(s.base_model, device=s.device, dtype=getattr(torch, s.dtype),
                                           timestep=s.timestep, head_channels=s.head_channels,
-                                          freeze_backbone=s.freeze_backbone)
-        self.in_channels = model.backbone.conv_in.in_channels
-        self.multiple = 2 ** sum(1 for b in model.backbone.down_blocks if getattr(b, "downsamplers", None))
+                                          freeze_backbone=s.freeze_backbone, backbone=s.backbone)
+        self.in_channels = model.backbone.in_channels
+        self.multiple = 2 ** model.backbone.num_downsamplings
         self.slot = ModelSlot(copy.deepcopy(model), 0)
         if s.learn:
             from .learner import Learner

@@ -109,6 +109,51 @@ class UNetEncoder(nn.Module):
         return h
 
 
+class CNNEncoder(nn.Module):
+    """The backbone ablation (the paper compares backbones; this is the cheapest alternative): a
+    CNN trained from scratch with the UNet encoder's interface, so the same heads, data and
+    learner apply. Same input and output resolution (as many stride-2 down-samplings as the UNet),
+    conditioned on the prompt by FiLM from the mean-pooled token embeddings (+ the pooled SDXL
+    embedding). Nothing of the base model's weights is used: what the UNet encoder brings is
+    exactly what this lacks."""
+
+    def __init__(self, unet: UNet2DConditionModel, timestep: int = 0, width: int = 128) -> None:
+        super().__init__()
+        cfg = unet.config  # only the interface is read: channels, down-samplings, text dims
+        self.timestep = int(timestep)  # unused (no time embedding); kept for the checkpoint config
+        self.in_channels = int(cfg.in_channels)
+        self.num_downsamplings = sum(getattr(b, "downsamplers", None) is not None for b in unet.down_blocks)
+        self.cross_attention_dim = int(cfg.encoder_hid_dim if unet.encoder_hid_proj is not None
+                                       else cfg.cross_attention_dim)
+        self.is_sdxl = cfg.addition_embed_type == "text_time"
+        if self.is_sdxl:
+            self.pooled_dim = unet.add_embedding.linear_1.in_features - 6 * int(cfg.addition_time_embed_dim)
+        text_dim = self.cross_attention_dim + (self.pooled_dim if self.is_sdxl else 0)
+        self.conv_in = nn.Conv2d(self.in_channels, width, 3, padding=1)
+        self.blocks, self.films = nn.ModuleList(), nn.ModuleList()
+        for i in range(self.num_downsamplings + 1):
+            down = i < self.num_downsamplings
+            self.blocks.append(nn.Sequential(
+                nn.GroupNorm(_groups(width), width), nn.SiLU(), nn.Conv2d(width, width, 3, padding=1),
+                nn.GroupNorm(_groups(width), width), nn.SiLU(),
+                nn.Conv2d(width, width, 3, padding=1, stride=2 if down else 1)))
+            self.films.append(nn.Linear(text_dim, 2 * width))
+        self.out_channels = width
+
+    def forward(self, sample: torch.Tensor, cond: TextCond) -> torch.Tensor:
+        text = cond.encoder_hidden_states.mean(dim=1)  # (B, D)
+        if self.is_sdxl:
+            text = torch.cat([text, cond.text_embeds], dim=-1)
+        h = self.conv_in(sample)  # (B, W, h, w)
+        for block, film in zip(self.blocks, self.films, strict=True):
+            scale, shift = film(text.to(h.dtype)).chunk(2, dim=-1)  # (B, W) each
+            h = block(h * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
+        return h  # (B, W, h / 2**k, w / 2**k)
+
+
+BACKBONES = ("unet_encoder", "cnn")
+
+
 def make_head(in_channels: int, head_channels: int, init_scale: float = 0.0) -> nn.Sequential:
     """GroupNorm-SiLU-Conv3x3-GroupNorm(1 group)-SiLU-GAP-Linear: (B, C, h, w) -> (B, 1).
 
@@ -148,9 +193,13 @@ class SurrogateReward(nn.Module):
         freeze_backbone: bool = False,
         head_init_scale: float = 0.0,
         copy_modules: bool = True,
+        backbone: str = "unet_encoder",
     ) -> None:
         super().__init__()
-        self.backbone = UNetEncoder(unet, timestep, copy_modules=copy_modules)
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        self.backbone = (UNetEncoder(unet, timestep, copy_modules=copy_modules) if backbone == "unet_encoder"
+                         else CNNEncoder(unet, timestep).to(device=unet.device, dtype=unet.dtype))
         c = self.backbone.out_channels
         self.heads = nn.ModuleDict(
             {str(k): make_head(c, head_channels, head_init_scale) for k in HEADS}
@@ -164,6 +213,7 @@ class SurrogateReward(nn.Module):
             "head_channels": int(head_channels),
             "freeze_backbone": self.freeze_backbone,
             "heads": list(HEADS),
+            "backbone": backbone,
         }
 
     @property
@@ -265,6 +315,7 @@ def load_surrogate(
     head_channels: int = 128,
     freeze_backbone: bool = False,
     cache_size: int = 4096,
+    backbone: str = "unet_encoder",
 ) -> tuple[SurrogateReward, TextEncoderBundle]:
     """Build R_psi from a diffusers pipeline (hub id or local folder; same code path).
 
@@ -273,10 +324,12 @@ def load_surrogate(
     from lasro_diffusion.loading import MODEL_LOAD_LOCK
 
     with MODEL_LOAD_LOCK:
-        return _load_surrogate(str(base_model), device, dtype, timestep, head_channels, freeze_backbone, cache_size)
+        return _load_surrogate(str(base_model), device, dtype, timestep, head_channels, freeze_backbone, cache_size,
+                               backbone)
 
 
-def _load_surrogate(base_model: str, device, dtype, timestep, head_channels, freeze_backbone, cache_size):
+def _load_surrogate(base_model: str, device, dtype, timestep, head_channels, freeze_backbone, cache_size,
+                    backbone="unet_encoder"):
     unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", torch_dtype=dtype)
     model = SurrogateReward(
         unet,
@@ -284,6 +337,7 @@ def _load_surrogate(base_model: str, device, dtype, timestep, head_channels, fre
         head_channels=head_channels,
         freeze_backbone=freeze_backbone,
         copy_modules=False,
+        backbone=backbone,
     )
     del unet
     model.to(device).eval()

@@ -28,6 +28,7 @@ class SurrogateSettings(ServiceSettings):
     timestep: int = Field(0, ge=0, le=999, description="Fixed timestep fed to the UNet encoder (inputs are clean latents).")
     head_channels: int = Field(128, ge=8, description="Width of each CNN head.")
     freeze_backbone: bool = Field(False, description="Train only the heads (cheaper, less adaptive).")
+    backbone: str = Field("unet_encoder", description="unet_encoder (the paper's: the base UNet's down path, its weights) or cnn (ablation: a CNN trained from scratch, same heads).")
     max_latent_side: int = Field(256, ge=1, description="Largest latent side accepted (413 above).")
     max_abs_latent: float = Field(1e4, gt=0, description="Latent values beyond ±this are refused (422 out_of_range).")
     # --- the learner ---
@@ -52,6 +53,13 @@ class SurrogateSettings(ServiceSettings):
     eval_every: int = Field(50, ge=1, description="Measure held-out pair accuracy every k updates.")
     max_deliveries: int = Field(3, ge=1, description="An entry failing this many times goes to the dead-letter stream.")
     claim_idle_ms: int = Field(60_000, ge=0, description="Pending entries idle this long are reclaimed (XAUTOCLAIM).")
+
+    @field_validator("backbone")
+    @classmethod
+    def _check_backbone(cls, v: str) -> str:
+        if v not in ("unet_encoder", "cnn"):
+            raise ValueError(f"backbone must be unet_encoder or cnn, got {v!r}")
+        return v
 
     @field_validator("dtype")
     @classmethod

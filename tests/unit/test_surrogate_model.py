@@ -301,3 +301,24 @@ def test_constructor_from_in_memory_unet_copies(path: Path) -> None:
     model = SurrogateReward(unet, timestep=10, head_channels=8)
     assert model.config["timestep"] == 10 and unet.time_embedding.cond_proj is not None
     assert model.backbone.conv_in.weight.data_ptr() != unet.conv_in.weight.data_ptr()
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_cnn_backbone_ablation_has_the_unet_encoders_interface(tiny_pipelines, family: str) -> None:
+    """backbone='cnn': same input, same heads and validation, no base-model weights, trainable."""
+    unet_model, text = load_surrogate(str(tiny_pipelines[family]), head_channels=16)
+    cnn_model, _ = load_surrogate(str(tiny_pipelines[family]), head_channels=16, backbone="cnn")
+    assert cnn_model.config["backbone"] == "cnn" and unet_model.config["backbone"] == "unet_encoder"
+    assert cnn_model.backbone.num_downsamplings == unet_model.backbone.num_downsamplings
+    z = torch.randn(2, 4, 8, 8)
+    cond = text.encode(["a red circle", "a blue square"], (8, 8))
+    scores, grad = score_and_grad(cnn_model, z, cond, 2)
+    assert scores.shape == (2,) and grad.shape == z.shape
+    with pytest.raises(ValueError, match="channels"):
+        cnn_model(torch.randn(2, 3, 8, 8), cond, 2)  # the same validation as the UNet backbone
+    torch.nn.init.normal_(cnn_model.heads["2"][-1].weight)  # heads start at zero; give it a slope
+    cnn_model(z, cond, 2).sum().backward()
+    assert all(p.grad is not None for p in cnn_model.backbone.parameters())
+    # nothing of the base UNet's weights: its conv_in differs in shape or value
+    a, b = unet_model.backbone.conv_in.weight, cnn_model.backbone.conv_in.weight
+    assert a.shape != b.shape or not torch.equal(a, b)
