@@ -4,7 +4,8 @@ Two builders, both saving a complete diffusers pipeline folder with ``save_pretr
 tests exercise exactly the same ``from_pretrained`` code path as real checkpoints:
 
 - :func:`build_tiny_sd_pipeline`   — SD1.5 architecture (LCM-Dreamshaper family), loads as
-  ``LatentConsistencyModelPipeline``.
+  ``LatentConsistencyModelPipeline``; ``turbo=True``: the SD-Turbo layout (``StableDiffusionPipeline``,
+  Euler-ancestral trailing scheduler, no guidance embedding).
 - :func:`build_tiny_sdxl_pipeline` — SDXL architecture (LCM-SDXL / SSD-1B / SDXL-Turbo family),
   loads as ``StableDiffusionXLPipeline`` with an ``LCMScheduler``.
 
@@ -91,8 +92,9 @@ def _lcm_scheduler() -> LCMScheduler:
     )
 
 
-def build_tiny_sd_pipeline(path: str | Path) -> Path:
-    """Save a tiny random SD1.5-architecture LCM pipeline folder at ``path`` and return it."""
+def build_tiny_sd_pipeline(path: str | Path, *, turbo: bool = False) -> Path:
+    """Save a tiny random SD1.5-architecture LCM pipeline folder at ``path`` and return it
+    (``turbo=True``: an SD-Turbo-style ``StableDiffusionPipeline`` instead)."""
     path = Path(path)
     torch.manual_seed(SEED)
     unet = UNet2DConditionModel(
@@ -105,10 +107,18 @@ def build_tiny_sd_pipeline(path: str | Path) -> Path:
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=8,
-        time_cond_proj_dim=32,  # LCM guidance-scale embedding, as in LCM-Dreamshaper
+        time_cond_proj_dim=None if turbo else 32,  # LCM guidance-scale embedding, as in LCM-Dreamshaper
     )
     torch.manual_seed(SEED)
     text_encoder = CLIPTextModel(_text_config(32))
+    if turbo:
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tiny_clip_tokenizer(),
+                                       unet=unet, scheduler=_turbo_scheduler(), safety_checker=None,
+                                       feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+        pipe.save_pretrained(path, safe_serialization=True)
+        return path
     pipe = LatentConsistencyModelPipeline(
         vae=_tiny_vae(),
         text_encoder=text_encoder,

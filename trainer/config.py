@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,8 +27,8 @@ class TrainConfig(BaseSettings):
     lora_rank: int = Field(None, ge=0, validate_default=False,  # type: ignore[assignment]
                            description="LoRA rank; 0 = full fine-tuning. Default: 64 for the SDXL family (memory), else 0.")
     lcm_lora: str | None = Field(None, description="LCM-LoRA (hub id, folder or file) fused into a non-LCM base model first.")
-    guidance_scale: float = Field(None, ge=1.0, validate_default=False,  # type: ignore[assignment]
-                                  description="LCM guidance scale (the UNet sees w = guidance_scale − 1); default: the toy world's for the toy LCM, else 8.0.")
+    guidance_scale: float = Field(None, ge=0.0, validate_default=False,  # type: ignore[assignment]
+                                  description="Guidance scale as the pipeline takes it (LCM: the UNet sees w = guidance_scale − 1). Default: 3.0 for the toy LCM, 8.0 for other LCMs, 0 (none) for Turbo and LCM-LoRA.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the UNet.")
     # --- services ---
     reward_url: str = Field("http://127.0.0.1:8100", description="Reward service base URL.")
@@ -63,7 +63,8 @@ class TrainConfig(BaseSettings):
     exploration: str = Field("off_policy", description="off_policy: N_s different initial noises per prompt (LaSRO); on_policy: a prompt's N_s samples share one z_T and differ only in the renoising noise (ablation).")
     grad_source: str = Field("surrogate", description="surrogate: dR/dz from R_psi (LaSRO); true: the true reward's own gradient through the VAE decoder, from the reward service's POST /grad (the ReFL/DRaFT oracle; needs a differentiable reward).")
     eval_every: int = Field(25, ge=1, description="Evaluate on held-out prompts every M iterations.")
-    checkpoint_every: int = Field(50, ge=1, description="Checkpoint every this many iterations.")
+    checkpoint_every: int = Field(50, ge=1, description="Write the last checkpoint (out/checkpoint) every this many iterations.")
+    keep_all: bool = Field(False, description="Also keep every --checkpoint-every checkpoint as out/checkpoint-N (always kept: best and last).")
     # --- the policy-gradient and preference baselines (trainer/rlcm.py, trainer/dpo.py) ---
     ppo_clip_range: float = Field(1e-4, gt=0, description="RLCM: PPO ratio clip ε (RLCM's and ddpo-pytorch's 1e-4).")
     ppo_inner_epochs: int = Field(2, ge=1, description="RLCM: clipped-ratio updates per sampled batch.")
@@ -75,7 +76,7 @@ class TrainConfig(BaseSettings):
     pretrain_timeout_s: float = Field(1800.0, gt=0, description="Longest wait for the learner to train off the pretraining groups.")
     # --- outputs ---
     out: Path = Field(Path("runs/train"), description="Output folder: checkpoints, TensorBoard, metrics, grids, report.")
-    resume: bool = Field(False, description="Resume from out/checkpoint if present.")
+    resume: str | None = Field(None, description="latest: resume from out/checkpoint if there is one; or a checkpoint folder to resume from.")
     seed: int = Field(0, description="Seed of prompts, noises and data.")
     progress: bool = Field(True, description="Show progress bars.")
 
@@ -84,13 +85,20 @@ class TrainConfig(BaseSettings):
     def _default_guidance(cls, data: dict) -> dict:
         if isinstance(data, dict) and data.get("guidance_scale") is None:
             from toyworld.paths import LCM_DIR
-            from toyworld.sampling import LCM_GUIDANCE
 
-            base = data.get("base_model") or str(LCM_DIR)
-            data = {**data, "guidance_scale": LCM_GUIDANCE if Path(base).resolve() == LCM_DIR.resolve() else 8.0}
+            data = {**data, "guidance_scale": default_guidance(data.get("base_model") or str(LCM_DIR), data.get("lcm_lora"))}
         if isinstance(data, dict) and data.get("lora_rank") is None:
             data = {**data, "lora_rank": 64 if _is_sdxl(data.get("base_model")) else 0}
         return data
+
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _resume(cls, v: object) -> object:
+        """`latest` (or true, as TRAINER_RESUME=true has always meant), a folder, or none (false, empty)."""
+        text = str(v).strip().lower() if v is not None else ""
+        if isinstance(v, bool) or text in ("", "true", "false", "1", "0", "yes", "no", "latest"):
+            return "latest" if (v is True or text in ("true", "1", "yes", "latest")) else None
+        return str(v)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -115,6 +123,9 @@ class TrainConfig(BaseSettings):
             p = getattr(self, f)
             if p is not None and not p.is_file():
                 raise ValueError(f"{f}: {p} is not a file (one prompt per line)")
+        if self.resume is not None and self.resume != "latest" and not (Path(self.resume) / "state.json").is_file():
+            raise ValueError(f"resume: {Path(self.resume) / 'state.json'} not found; give `latest` or a checkpoint "
+                             "folder (out/checkpoint, out/checkpoint-best, out/checkpoint-N)")
         for u in ("reward_url", "surrogate_url"):
             if not getattr(self, u).startswith(("http://", "https://")):
                 raise ValueError(f"{u} must start with http:// or https://")
@@ -129,3 +140,24 @@ def _is_sdxl(base_model: str | None) -> bool:
 
     index = read_pipeline_json(str(base_model), "model_index.json") or {}
     return "text_encoder_2" in index or "XL" in str(index.get("_class_name", ""))
+
+
+def default_guidance(base_model: str, lcm_lora: str | None = None) -> float:
+    """The guidance scale a model family samples with: what its exported folder says (lasro.json),
+    the toy world's for the toy LCM, 8.0 for an LCM with a guidance embedding (LCM-Dreamshaper,
+    LCM-SDXL, LCM-SSD-1B), else 0: SDXL-Turbo and LCM-LoRA sample without guidance."""
+    import json
+
+    from toyworld.paths import LCM_DIR
+    from toyworld.sampling import LCM_GUIDANCE
+
+    if (Path(base_model) / "lasro.json").is_file():
+        return float(json.loads((Path(base_model) / "lasro.json").read_text())["guidance_scale"])
+    if Path(base_model).resolve() == LCM_DIR.resolve():
+        return LCM_GUIDANCE
+    if lcm_lora:
+        return 0.0
+    from lasro_diffusion.loading import read_pipeline_json
+
+    unet = read_pipeline_json(str(base_model), "unet/config.json")
+    return 8.0 if unet is None or unet.get("time_cond_proj_dim") else 0.0

@@ -48,18 +48,25 @@ def tracking(sur: np.ndarray, true: np.ndarray, n_prompts: int, margin: float = 
     return right / total if total else None
 
 
+def eval_generators(n_prompts: int, seeds: int) -> list[torch.Generator]:
+    """One generator per held-out sample, in the order [p0 s0, p0 s1, ..., p1 s0, ...]."""
+    return [torch.Generator().manual_seed(1000 * j + i) for i in range(n_prompts) for j in range(seeds)]
+
+
 @torch.no_grad()
 def evaluate(model: FewStepModel, prompts: list[str], seeds: int, rewards: RewardClient, reward: str,
              surrogate: SurrogateClient | None = None, batch: int = 64) -> EvalResult:
-    """Prompt i, seed j uses noise from Generator(1000 * j + i): the same at every evaluation."""
+    """Prompt i, seed j samples with its own torch.Generator().manual_seed(1000·j + i), for the
+    initial noise and the step noise alike: the same samples at every evaluation, and the very
+    samples plain diffusers gives for `pipe(prompts, generator=eval_generators(...))`
+    (z1: num_inference_steps=1, z2: 2)."""
     model.unet.eval()
     reps = [p for p in prompts for _ in range(seeds)]
     z1s, z2s = [], []
     for start in range(0, len(reps), batch):
         chunk = reps[start : start + batch]
-        idx = range(start, start + len(chunk))
-        z_t = torch.cat([model.noise(1, torch.Generator().manual_seed(1000 * (k % seeds) + k // seeds)) for k in idx])
-        s = model.sample(z_t, model.encode(chunk), torch.Generator().manual_seed(start))
+        gens = eval_generators(len(prompts), seeds)[start : start + len(chunk)]
+        s = model.sample(model.noise(len(chunk), gens), model.encode(chunk), gens)
         z1s.append(s.z1.float())
         z2s.append(s.z2.float())
     model.unet.train()

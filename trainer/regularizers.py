@@ -60,16 +60,13 @@ class AnchorRegularizer(NoRegularizer):
 
     def loss(self, sample: Sample, cond, generator: torch.Generator) -> torch.Tensor:
         """Σ over steps of ‖f_θ(x_i, t_i) − f_θ0(x_i, t_i)‖² on the very same step inputs x_i."""
-        m = self.model
+        m, steps = self.model, len(sample.timesteps)
         w = m.w_embedding(sample.z1.shape[0])
-        outs = [sample.z1, sample.z2][: len(sample.timesteps)]
+        outs = [sample.z1, sample.z2][:steps]
         total = torch.zeros((), device=m.device)
-        for x, t, out in zip(sample.inputs, sample.timesteps, outs, strict=True):
-            x = x.detach()
+        for i, (x, out) in enumerate(zip(sample.inputs, outs, strict=True)):
             with torch.no_grad(), self.initial_unet() as unet0:
-                sched = copy.copy(m.scheduler)
-                sched.set_timesteps(len(sample.timesteps), device=m.device)
-                ref = sched.step(m.unet_call(unet0, x, t, cond, w), t, x, generator=generator).denoised
+                ref = m.step_output(unet0, x.detach(), i, steps, cond, w)  # the family's own step
             total = total + F.mse_loss(out, ref)
         return total
 
