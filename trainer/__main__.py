@@ -1,4 +1,4 @@
-"""`python -m trainer {train,pretrain,evaluate,sample,demo}`; `--help` on each lists every flag."""
+"""`python -m trainer {train,pretrain,evaluate,sample,export,demo}`; `--help` on each lists every flag."""
 
 from __future__ import annotations
 
@@ -12,42 +12,90 @@ from lasro_common.cli import add_settings_arguments, settings_from_args
 
 from .config import TrainConfig
 
+MODEL_HELP = ("a diffusers pipeline (folder or hub id: a base or an exported model), an exported LoRA folder "
+              "(on --base-model, else the base its lasro.json names) or a run folder (its --checkpoint)")
 
-def main(argv: list[str] | None = None) -> int:
+
+def _add_model_arguments(p: argparse.ArgumentParser, *, with_base: bool) -> None:
+    p.add_argument("--model", default=None, help=f"{MODEL_HELP}; default: --base-model")
+    p.add_argument("--checkpoint", default="best", help="of a run folder: best | last | N (iteration) | a folder")
+    if with_base:
+        p.add_argument("--base-model", default=None, help="the base pipeline of a LoRA folder")
+        p.add_argument("--guidance-scale", type=float, default=None, help="default: the model family's")
+        p.add_argument("--device", default="cpu")
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer", description="LaSRO fine-tuning of few-step diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (("train", "the LaSRO loop"), ("pretrain", "fill the surrogate before fine-tuning"),
-                        ("evaluate", "held-out true and surrogate reward of 1- and 2-step samples")):
+    for name, help_ in (("train", "the LaSRO loop; writes OUT/model from the best checkpoint"),
+                        ("pretrain", "fill the surrogate before fine-tuning")):
         add_settings_arguments(sub.add_parser(name, help=help_), TrainConfig)
-    sp = sub.add_parser("sample", help="write an image grid for prompts")
-    add_settings_arguments(sp, TrainConfig)
-    sp.add_argument("--prompt", action="append", required=True)
+    ep = sub.add_parser("evaluate", help="held-out true (and surrogate) reward of 1- and 2-step samples of --model")
+    add_settings_arguments(ep, TrainConfig)
+    _add_model_arguments(ep, with_base=False)
+    ep.add_argument("--no-surrogate", action="store_true", help="true reward only (no surrogate service needed)")
+    sp = sub.add_parser("sample", help="OUT/000.png, 001.png, ...: one image per prompt, as the stock pipeline makes it")
+    _add_model_arguments(sp, with_base=True)
+    sp.add_argument("--prompt", action="append", required=True, help="repeat for several (one image each, in order)")
     sp.add_argument("--steps", type=int, default=2)
-    sp.add_argument("--grid", type=Path, default=Path("samples.png"))
+    sp.add_argument("--seed", type=int, default=0, help="the pipeline's generator=torch.Generator().manual_seed(seed)")
+    sp.add_argument("--out", type=Path, default=Path("samples"))
+    sp.add_argument("--grid", type=Path, default=None, help="also write a labelled grid PNG here")
+    xp = sub.add_parser("export", help="a run's checkpoint as a diffusers pipeline or LoRA folder, with a model card")
+    xp.add_argument("--run", type=Path, required=True, help="the run folder (the --out of `train`)")
+    xp.add_argument("--checkpoint", default="best", help="best | last | N (iteration) | a checkpoint folder")
+    xp.add_argument("--out", type=Path, required=True, help="the folder to write (replaced)")
+    xp.add_argument("--fuse", action="store_true", help="LoRA runs: fuse the LoRA and save a full pipeline")
     dp = sub.add_parser("demo", help="start Redis and both services, pretrain, fine-tune the toy LCM, report")
     dp.add_argument("--out", type=Path, default=Path("runs/demo"))
     dp.add_argument("--reward", default="toy_attribute_binding", help="toy_attribute_binding or jpeg_compressibility")
     dp.add_argument("--iterations", type=int, default=None)
     dp.add_argument("--seed", type=int, default=None, help="seed of prompts and noises (bench.trainer_blocking uses 0, 1, 2)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress bars
     from lasro_common.memory import tune_malloc
 
     tune_malloc()  # the trainer moves latents and gradients over HTTP every iteration
     try:
-        if args.command == "demo":
-            from .demo import demo
-
-            over = {k: v for k, v in (("iterations", args.iterations), ("seed", args.seed)) if v is not None}
-            s = demo(args.out, args.reward, over)
-            print(_table(s))
-            print(f"\nreport: {args.out / 'report.html'}\nsummary: {args.out / 'summary.json'}")
-            return 0
-        cfg = settings_from_args(TrainConfig, args)
-    except ValueError as e:  # bad config: say so before any work
+        return _run(args)
+    except (ValueError, OSError) as e:  # bad input: a missing file, a wrong base, no checkpoint
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from .demo import demo
+
+        over = {k: v for k, v in (("iterations", args.iterations), ("seed", args.seed)) if v is not None}
+        s = demo(args.out, args.reward, over)
+        print(_table(s))
+        print(f"\nreport: {args.out / 'report.html'}\nsummary: {args.out / 'summary.json'}\nmodel: {s['model']}")
+        return 0
+    if args.command == "export":
+        from .export import export_run
+
+        print(export_run(args.run, args.out, args.checkpoint, fuse=args.fuse))
+        return 0
+    if args.command == "sample":
+        from .export import resolve_model, sample_images, save_pngs
+        from .report import save_grid
+
+        model = resolve_model(args.model or TrainConfig.model_fields["base_model"].default_factory(),
+                              base_model=args.base_model, checkpoint=args.checkpoint).load(args.device, args.guidance_scale)
+        images = sample_images(model, args.prompt, args.steps, args.seed)
+        for path in save_pngs(images, args.out):
+            print(path)
+        if args.grid:
+            print(save_grid(images, args.grid, args.prompt))
+        return 0
+    cfg = settings_from_args(TrainConfig, args)  # bad config: a ValueError before any work
     if args.command == "train":
         from .loop import train
 
@@ -61,25 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         from surrogate_service.client import SurrogateClient
 
         from .evaluate import evaluate
-        from .fewstep import FewStepModel
+        from .export import ModelRef, resolve_model
         from .prompts import eval_prompts
 
-        model = FewStepModel(cfg.base_model, device=cfg.device, guidance_scale=cfg.guidance_scale)
+        if args.model:
+            ref = resolve_model(args.model, base_model=args.base_model, checkpoint=args.checkpoint)
+        else:
+            ref = ModelRef(cfg.base_model, lcm_lora=cfg.lcm_lora)
+        model = ref.load(cfg.device, args.guidance_scale if args.model else cfg.guidance_scale)
+        sur = None if args.no_surrogate else SurrogateClient(cfg.surrogate_url, token=cfg.surrogate_token)
         ev = evaluate(model, eval_prompts(cfg.eval_prompts), cfg.eval_seeds,
-                      RewardClient(cfg.reward_url, token=cfg.reward_token), cfg.reward,
-                      SurrogateClient(cfg.surrogate_url, token=cfg.surrogate_token))
+                      RewardClient(cfg.reward_url, token=cfg.reward_token), cfg.reward, sur)
         print(json.dumps(ev.summary(), indent=2))
-    elif args.command == "sample":
-        import torch
-
-        from .fewstep import FewStepModel
-        from .report import save_grid
-
-        model = FewStepModel(cfg.base_model, device=cfg.device, guidance_scale=cfg.guidance_scale)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        with torch.no_grad():
-            s = model.sample(model.noise(len(args.prompt), gen), model.encode(args.prompt), gen, steps=args.steps)
-        print(save_grid(model.decode(s.z2), args.grid, args.prompt))
     return 0
 
 

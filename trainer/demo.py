@@ -2,7 +2,8 @@
 
 Starts a private redis-server, the reward service and the surrogate service (real processes,
 real HTTP), pre-trains the surrogate, fine-tunes the toy LCM with LaSRO, and writes a report:
-runs/demo/report.html, runs/demo/summary.json, TensorBoard logs in runs/demo/train/tb.
+runs/demo/report.html, runs/demo/summary.json, TensorBoard logs in runs/demo/train/tb, and the
+fine-tuned model (its best checkpoint) as a diffusers pipeline with a model card: runs/demo/model.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import httpx
 from lasro_common import redis_util
 
 from .config import TrainConfig
+from .export import export_run
 from .loop import train
 from .pretrain import pretrain
 
@@ -85,13 +87,18 @@ def demo(out: Path, reward: str = "toy_attribute_binding", overrides: dict | Non
                  out / "logs/surrogate.log", {**threads, **SURROGATE_ENV}):
         pre = pretrain(cfg)
         summary = train(cfg)
+    # the fine-tuned toy model at out/model (the run wrote train/model; the card's paths say where it is)
+    model = export_run(out / "train", out / "model")
+    shutil.rmtree(out / "train" / "model", ignore_errors=True)
+    card = json.loads((model / "lasro.json").read_text())["checkpoint"]
     summary = {"reward": reward, "before": summary["before"], "after": summary["after"],
                "before_std": summary["before_std"], "after_std": summary["after_std"],
                "tracking": summary["tracking"],
                "queries": summary["queries"] + pre["queries"], "queries_pretrain": pre["queries"],
                "queries_finetune": summary["queries"], "eval_queries": summary["eval_queries"],
                "pretrain": pre, "blocked_fraction": summary["blocked_fraction"],
-               "iterations": summary["iterations"], "wall_s": time.perf_counter() - t0}
+               "iterations": summary["iterations"], "model": str(model), "model_iteration": card["iteration"],
+               "wall_s": time.perf_counter() - t0}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     shutil.copy(out / "train" / "report.html", out / "report.html")
     return summary

@@ -98,15 +98,16 @@ def train(cfg: TrainConfig) -> dict:
     state = {"iteration": 0, "queries": 0, "grad_queries": 0, "eval_queries": 0, "blocked_s": 0.0, "loop_s": 0.0,
              "before": None}
 
-    ckpt = cfg.out / "checkpoint"
-    if cfg.resume and checkpoint.exists(ckpt):
-        state, extra = checkpoint.load(ckpt, unet=model.unet, optimizer=opt)
+    ckpt = cfg.out / checkpoint.LAST  # the last checkpoint; best and --keep-all ones beside it
+    if cfg.resume and (cfg.resume != "latest" or checkpoint.exists(ckpt)):
+        start = checkpoint.find(cfg.out, cfg.resume)
+        state, extra = checkpoint.load(start, unet=model.unet, optimizer=opt)
         norm1.load_state_dict(extra["norm1"])
         norm2.load_state_dict(extra["norm2"])
         reg.load_state_dict(extra.get("reg", {}))
         state.setdefault("grad_queries", 0)  # checkpoints from before --grad-source
         labeler.queries = state["queries"] // world - state["grad_queries"]
-        log.info("resumed from %s at iteration %d", ckpt, state["iteration"])
+        log.info("resumed from %s at iteration %d", start, state["iteration"])
 
     prompt_stream = train_prompts(cfg.prompts, cfg.seed + 7919 * rank)  # each process its own prompts
     for _ in range(state["iteration"] * cfg.prompts_per_iter):  # the same prompts as an unbroken run
@@ -118,12 +119,14 @@ def train(cfg: TrainConfig) -> dict:
         """True-reward queries of this process: scored for the surrogate, or for their gradient."""
         return labeler.queries + state["grad_queries"]
 
-    def save_checkpoint() -> None:
+    def save_checkpoint(folder=ckpt) -> None:
         if not main:
             return
         state["queries"] = spent() * world  # every process spends the same number
-        checkpoint.save(ckpt, unet=model.unet, lora=cfg.lora_rank > 0, optimizer=opt, state=state,
+        checkpoint.save(folder, unet=model.unet, lora=cfg.lora_rank > 0, optimizer=opt, state=state,
                         extra={"norm1": norm1.state_dict(), "norm2": norm2.state_dict(), "reg": reg.state_dict()})
+        if folder == ckpt and cfg.keep_all:
+            checkpoint.copy(ckpt, cfg.out / f"checkpoint-{state['iteration']}")
 
     def run_eval(it: int) -> dict | None:
         if not main:
@@ -133,6 +136,10 @@ def train(cfg: TrainConfig) -> dict:
         state["eval_queries"] += ev.queries
         summary = {"iteration": it, "queries": spent() * world, **ev.summary()}
         run.eval(it, summary, ev)
+        best = state.get("best")
+        if best is None or summary["true_2step"] >= best["true_2step"]:  # ties: the later one
+            state["best"] = {"iteration": it, "true_2step": summary["true_2step"]}
+            save_checkpoint(cfg.out / checkpoint.BEST)
         return summary
 
     try:
@@ -208,7 +215,7 @@ def train(cfg: TrainConfig) -> dict:
         labeler.drain()
     except ServiceError as e:
         save_checkpoint()
-        raise ServiceGone(f"stopping cleanly: {e}. Checkpoint saved to {ckpt}; run again with --resume") from e
+        raise ServiceGone(f"stopping cleanly: {e}. Checkpoint saved to {ckpt}; run again with --resume latest") from e
     except KeyboardInterrupt:
         save_checkpoint()
         raise
@@ -234,6 +241,9 @@ def train(cfg: TrainConfig) -> dict:
         "blocked_fraction": state["blocked_s"] / max(state["loop_s"], 1e-9),
         "wall_s": time.perf_counter() - t_start,
     }
+    from .export import export_run
+
+    summary["model"] = str(export_run(cfg.out, cfg.out / "model"))  # the best checkpoint, for plain diffusers
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2))
     run.close(summary)
     return summary

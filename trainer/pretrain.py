@@ -81,4 +81,15 @@ def pretrain(cfg: TrainConfig, model: FewStepModel | None = None) -> dict:
     result = {"groups": labeler.groups, "queries": labeler.queries, "heldout_pair_accuracy": acc,
               "heldout_groups": n_heldout, "surrogate_version": status.get("version")}
     log.info("pretrain: %s", result)
+    _record(cfg.out / "pretrain.json", result)  # the exported model's card counts these queries too
     return result
+
+
+def _record(path, result: dict) -> None:
+    """Add this pre-training's queries and groups to the run's record (a restart may pre-train again)."""
+    import json
+
+    old = json.loads(path.read_text()) if path.is_file() else {"queries": 0, "groups": 0}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "queries": old["queries"] + result["queries"],
+                                "groups": old["groups"] + result["groups"]}, indent=2))

@@ -24,7 +24,7 @@ from trainer.fewstep import FewStepModel
 
 
 @pytest.mark.parametrize("family, lora_rank", [("sd", 0), ("sdxl", 0), ("sdxl", 4), ("sdxl_turbo", 0), ("lcm_lora", 4)])
-def test_lasro_iterations_on_each_architecture(family, lora_rank, tiny_pipelines, tmp_path, serve):
+def test_lasro_iterations_on_each_architecture(family, lora_rank, tiny_pipelines, tmp_path, serve, caplog):
     from trainer.loop import train
 
     base = str(tiny_pipelines["sdxl_turbo" if family == "lcm_lora" else family])
@@ -59,6 +59,45 @@ def test_lasro_iterations_on_each_architecture(family, lora_rank, tiny_pipelines
         assert saved and all("lora" in k for k in saved)  # only the adapter is saved
     else:
         assert any(not torch.equal(saved[k], before[k]) for k in before)
+    _exported_model_samples_as_the_trainer(tmp_path / "run", base, lcm_lora, caplog)
+
+
+def _exported_model_samples_as_the_trainer(run, base, lcm_lora, caplog) -> None:
+    """OUT/model in plain diffusers (from_pretrained, or load_lora_weights on the base with no
+    warning about the UNet) gives the trainer's own samples of the best checkpoint, same seed."""
+    import json
+    import logging
+
+    from diffusers import DiffusionPipeline, LCMScheduler
+
+    from trainer.export import resolve_model
+
+    model = run / "model"
+    meta = json.loads((model / "lasro.json").read_text())
+    if meta["kind"] == "full":
+        pipe = DiffusionPipeline.from_pretrained(str(model))
+    else:
+        pipe = DiffusionPipeline.from_pretrained(base)
+        if lcm_lora:  # as the model card says: LCM-LoRA fused first, with an LCMScheduler
+            pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+            pipe.load_lora_weights(lcm_lora)
+            pipe.fuse_lora()
+            pipe.unload_lora_weights()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            pipe.load_lora_weights(str(model))
+        # diffusers notes "safe to ignore" for the text encoders of every UNet-only LoRA (LCM-LoRA too)
+        assert [r.getMessage() for r in caplog.records if "text_encoder" not in r.getMessage()] == []
+    pipe.set_progress_bar_config(disable=True)
+    trainer_model = resolve_model(str(run)).load()
+    prompts = ["a red circle", "a cat"]
+    for steps in (1, 2):
+        ref = pipe(prompts, num_inference_steps=steps, guidance_scale=meta["guidance_scale"], output_type="latent",
+                   generator=torch.Generator().manual_seed(5)).images
+        gen = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            s = trainer_model.sample(trainer_model.noise(2, gen, steps), trainer_model.encode(prompts), gen, steps=steps)
+        torch.testing.assert_close(s.z2, ref, rtol=0, atol=1e-5)
 
 
 def test_anchor_under_lora_switches_adapters_off_instead_of_copying(tiny_pipelines):
