@@ -1,4 +1,4 @@
-"""`python -m trainer {train,pretrain,evaluate,sample,export,demo}`; `--help` on each lists every flag."""
+"""`python -m trainer {train,pretrain,baseline,evaluate,sample,export,demo}`; `--help` on each lists every flag."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in (("train", "the LaSRO loop; writes OUT/model from the best checkpoint"),
                         ("pretrain", "fill the surrogate before fine-tuning")):
         add_settings_arguments(sub.add_parser(name, help=help_), TrainConfig)
+    bp = sub.add_parser("baseline", help="what users would pick instead: rlcm (policy gradient) or dpo (preferences)")
+    add_settings_arguments(bp, TrainConfig)
+    bp.add_argument("--method", required=True, choices=["rlcm", "dpo"], help="trainer/rlcm.py or trainer/dpo.py")
     ep = sub.add_parser("evaluate", help="held-out true (and surrogate) reward of 1- and 2-step samples of --model")
     add_settings_arguments(ep, TrainConfig)
     _add_model_arguments(ep, with_base=False)
@@ -100,6 +103,10 @@ def _run(args: argparse.Namespace) -> int:
         from .loop import train
 
         print(json.dumps(train(cfg), indent=2))
+    elif args.command == "baseline":
+        from .baselines import train_baseline
+
+        print(json.dumps(train_baseline(cfg, args.method), indent=2))
     elif args.command == "pretrain":
         from .pretrain import pretrain
 
