@@ -68,6 +68,7 @@ def serve(prog: str, doc: str, cls: type[BaseSettings], create_app: Callable[[An
     import uvicorn
 
     from .memory import tune_malloc
+    from .protocol import server_options
 
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings_arguments(p, cls, names)
@@ -80,6 +81,11 @@ def serve(prog: str, doc: str, cls: type[BaseSettings], create_app: Callable[[An
     # Process-wide, so here at the entry point and not in a library: the services move multi-MiB
     # bodies, and glibc's default thresholds would map fresh pages for each (lasro_common/memory.py).
     tune_malloc()
-    # httptools + the asyncio loop: the fastest pair for multi-MiB bodies here (bench/transport.py)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                http="httptools", loop="asyncio", **uvicorn_kw)
+    try:
+        app = create_app(settings)
+    except ValueError as e:  # a configuration that cannot work (e.g. a checkpoint of another model)
+        p.error(str(e))
+    # httptools + the asyncio loop: the fastest pair for multi-MiB bodies here (bench/transport.py),
+    # guarded against slow, idle and too many clients (lasro_common/protocol.py)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                **{**server_options(settings), **uvicorn_kw})

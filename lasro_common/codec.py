@@ -11,6 +11,7 @@ valid JSON is kept as the plain string, so `metadata={"reward": "jpeg_compressib
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ _DTYPES: dict[str, np.dtype] = {
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_NDIM = 32  # numpy's limit is 64; no tensor of ours has more than 4
+MAX_DIM = 2**40  # numpy dimensions are int64; 2**40 of anything is beyond every body limit
 
 
 @dataclass
@@ -92,6 +95,8 @@ def decode(body: bytes | bytearray | memoryview) -> Decoded:
         header = json.loads(bytes(buf[8 : 8 + hlen]))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise MalformedBody(f"safetensors header is not valid JSON: {e}") from None
+    except RecursionError:
+        raise MalformedBody("safetensors header is nested too deeply") from None
     if not isinstance(header, dict):
         raise MalformedBody("safetensors header must be a JSON object")
     data = buf[8 + hlen :]
@@ -110,24 +115,38 @@ def _decode_metadata(raw: Any) -> dict[str, Any]:
             meta[k] = json.loads(v)
         except json.JSONDecodeError:
             meta[k] = v
+        except RecursionError:
+            raise MalformedBody(f"__metadata__ {k!r} is nested too deeply") from None
     return meta
 
 
+def _ints(value: Any) -> list[int] | None:
+    """A JSON list of plain integers (not floats, not booleans, not Infinity), else None."""
+    if not isinstance(value, list) or not all(type(v) is int for v in value):
+        return None
+    return value
+
+
 def _view(name: str, info: Any, data: memoryview) -> np.ndarray:
-    try:
-        dtype = _DTYPES[info["dtype"]]
-        shape = [int(s) for s in info["shape"]]
-        start, end = (int(o) for o in info["data_offsets"])
-    except (KeyError, TypeError, ValueError):
+    # Every number is checked as a Python int before numpy sees it: a shape of 2**64, or one whose
+    # product overflows int64 (2**32 x 2**32), would otherwise wrap around or raise OverflowError.
+    dtype = _DTYPES.get(info.get("dtype")) if isinstance(info, dict) and isinstance(info.get("dtype"), str) else None
+    shape = _ints(info.get("shape")) if isinstance(info, dict) else None
+    offsets = _ints(info.get("data_offsets")) if isinstance(info, dict) else None
+    if dtype is None or shape is None or offsets is None or len(offsets) != 2:
         raise MalformedBody(
-            f"tensor {name!r}: needs dtype (one of {sorted(_DTYPES)}), shape and data_offsets"
-        ) from None
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if any(s < 0 for s in shape) or not 0 <= start <= end <= len(data):
-        raise MalformedBody(f"tensor {name!r}: data_offsets {start}..{end} outside the data section")
-    if end - start != count * dtype.itemsize:
-        raise MalformedBody(
-            f"tensor {name!r}: {end - start} bytes for shape {shape} of {info['dtype']} "
-            f"(expected {count * dtype.itemsize})"
+            f"tensor {name!r}: needs dtype (one of {sorted(_DTYPES)}), shape (a list of integers) and "
+            "data_offsets (two integers)"
         )
-    return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(tuple(shape))
+    if len(shape) > MAX_NDIM or any(not 0 <= s <= MAX_DIM for s in shape):
+        raise MalformedBody(f"tensor {name!r}: shape {shape[:8]} lies outside the data section (sizes must be "
+                            f"0..{MAX_DIM}, at most {MAX_NDIM} dimensions)")
+    start, end = offsets
+    if not 0 <= start <= end <= len(data):
+        raise MalformedBody(f"tensor {name!r}: data_offsets {start}..{end} outside the data section")
+    nbytes = math.prod(shape) * dtype.itemsize  # exact: Python integers do not overflow
+    if end - start != nbytes:
+        raise MalformedBody(
+            f"tensor {name!r}: {end - start} bytes for shape {shape[:8]} of {info['dtype']} (expected {nbytes})"
+        )
+    return np.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize, offset=start).reshape(tuple(shape))

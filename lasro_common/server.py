@@ -7,6 +7,7 @@ here is pure ASGI or a FastAPI dependency (no BaseHTTPMiddleware, which copies b
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -29,7 +30,11 @@ from pydantic_settings import BaseSettings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import PROTOCOL_HEADER, PROTOCOL_VERSION, SAFETENSORS_MEDIA_TYPE, codec
-from .errors import MalformedBody, PayloadTooLarge, Unauthorized, UnsupportedMedia, WireError
+from .errors import PayloadTooLarge, Unauthorized, UnsupportedMedia, WireError
+from .limits import LEDGER, Ledger, MemoryBudget, ReadTimeout, read_body
+
+__all__ = ["ERROR_RESPONSES", "Metrics", "RequestTimeout", "ServiceSettings", "create_base_app", "error_response",
+           "make_auth", "media_type", "metrics_route", "read_body", "read_tensors", "tensor_response"]
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
@@ -49,6 +54,11 @@ class ServiceSettings(BaseSettings):
     batch_max_wait_ms: float = Field(5.0, ge=0, description="How long the first request waits for company.")
     max_queue: int = Field(512, ge=1, description="Requests waiting beyond this get 429.")
     log_level: str = Field("info", description="Python logging level.")
+    read_timeout_s: float = Field(15.0, gt=0, description="Longest wait for a client's next bytes (headers, body) and for a new connection's first request; 408 and close when exceeded.")
+    keep_alive_s: float = Field(5.0, gt=0, description="Idle keep-alive connections are closed after this long.")
+    max_connections: int = Field(1024, ge=8, description="Open connections at most; at the cap, connections idle on the client's side are closed first, then new ones refused (503).")
+    memory_budget_mb: float = Field(1024.0, gt=0, description="Memory that all requests in flight may hold at once for bodies and decoded inputs, in MiB (429 while full, 413 for a request larger than all of it).")
+    max_prompt_chars: int = Field(4096, ge=1, description="Longest prompt accepted, in characters (413 above).")
 
 
 class ErrorBody(BaseModel):
@@ -61,16 +71,17 @@ class ErrorBody(BaseModel):
     error: Detail
 
 
-ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 429, 503, 504)}
+ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 408, 413, 415, 422, 429, 503, 504)}
+SMALL_BODY = 64 * 1024  # an unread remainder up to this is discarded by the server; beyond: close
 
 
 class RequestTimeout(WireError):
     status, code = 504, "timeout"
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
-                        headers={PROTOCOL_HEADER: PROTOCOL_VERSION})
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The JSON error body. The protocol header is added once, by `_Plumbing`, to every answer."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 class Metrics:
@@ -90,10 +101,15 @@ class Metrics:
 
 
 class _Plumbing:
-    """Pure-ASGI middleware: body limit, protocol header, metrics. Cheap on the hot path."""
+    """Pure-ASGI middleware, cheap on the hot path: protocol header (once, on every answer), body
+    limit, body read timeouts, the request's memory ledger, metrics. An answer sent before the body
+    has been read (401, 413, ...) closes the connection unless the unread rest is small, so a client
+    cannot make the server swallow gigabytes it refused."""
 
-    def __init__(self, app, *, max_body: int, metrics: Metrics):
+    def __init__(self, app, *, max_body: int, metrics: Metrics, read_timeout_s: float = 15.0,
+                 body_timeout_s: float = 120.0, budget: MemoryBudget | None = None):
         self.app, self.max_body, self.metrics = app, max_body, metrics
+        self.read_timeout, self.body_timeout, self.budget = read_timeout_s, body_timeout_s, budget
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -101,40 +117,56 @@ class _Plumbing:
         headers = dict(scope["headers"])
         proto = headers.get(PROTOCOL_HEADER.lower().encode())
         length = headers.get(b"content-length")
-        early: WireError | None = None
-        if proto is not None and proto.decode(errors="replace").split(".")[0] != PROTOCOL_VERSION:
-            early = WireError(f"protocol version {proto.decode(errors='replace')} not supported; "
-                              f"this server speaks {PROTOCOL_VERSION}", code="protocol_mismatch")
-        elif length is not None and (not length.isdigit() or int(length) > self.max_body):
-            early = PayloadTooLarge(f"body of {length.decode(errors='replace')} bytes exceeds the "
-                                    f"limit of {self.max_body} bytes")
-        if early is not None:
-            await error_response(early.status, early.code, early.message)(scope, receive, send)
-            return
-        seen = 0
+        declared = int(length) if length is not None and length.isdigit() else None
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        seen, done = 0, declared == 0 or (declared is None and not chunked)
+        status, start = 500, time.perf_counter()
+        deadline = start + self.body_timeout
 
         async def limited_receive():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:  # only a disconnect can come now: no time limit on waiting for it
+                return await receive()
+            wait = min(self.read_timeout, deadline - time.perf_counter())
+            try:
+                message = await asyncio.wait_for(receive(), max(wait, 0.001))
+            except asyncio.TimeoutError:
+                raise ReadTimeout(f"the request body stalled: nothing for {self.read_timeout:g} s, or not "
+                                  f"complete within {self.body_timeout:g} s (read_timeout_s, request_timeout_s)") from None
             seen += len(message.get("body", b""))
+            done = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > self.max_body:  # chunked bodies without Content-Length
                 raise PayloadTooLarge(f"body exceeds the limit of {self.max_body} bytes")
             return message
-
-        status = 500
-        start = time.perf_counter()
 
         async def send_with_header(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (PROTOCOL_HEADER.lower().encode(), PROTOCOL_VERSION.encode())]
+                out = [h for h in message.get("headers", []) if h[0].lower() != PROTOCOL_HEADER.lower().encode()]
+                out.append((PROTOCOL_HEADER.lower().encode(), PROTOCOL_VERSION.encode()))
+                unread = (declared - seen) if declared is not None else (0 if done else self.max_body)
+                if not done and unread > SMALL_BODY:
+                    out.append((b"connection", b"close"))
+                message = {**message, "headers": out}
             await send(message)
 
+        early: WireError | None = None
+        if proto is not None and proto.decode(errors="replace").split(".")[0] != PROTOCOL_VERSION:
+            early = WireError(f"protocol version {proto.decode(errors='replace')} not supported; "
+                              f"this server speaks {PROTOCOL_VERSION}", code="protocol_mismatch")
+        elif length is not None and (declared is None or declared > self.max_body):
+            early = PayloadTooLarge(f"body of {length.decode(errors='replace')} bytes exceeds the "
+                                    f"limit of {self.max_body} bytes")
+        ledger = Ledger(self.budget)
+        scope[LEDGER] = ledger
         try:
-            await self.app(scope, limited_receive, send_with_header)
+            if early is not None:
+                await error_response(early.status, early.code, early.message)(scope, receive, send_with_header)
+            else:
+                await self.app(scope, limited_receive, send_with_header)
         finally:
+            await ledger.release()
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(self.metrics.service, path, str(status)).inc()
@@ -155,17 +187,23 @@ def make_auth(settings: ServiceSettings) -> Callable:
 
 
 def create_base_app(*, title: str, version: str, settings: ServiceSettings, metrics: Metrics,
-                    ready: Callable[[], bool], description: str = "") -> FastAPI:
+                    ready: Callable[[], bool], description: str = "",
+                    problem: Callable[[], str | None] = lambda: None) -> FastAPI:
     """A FastAPI app with the shared error handlers, middleware and health routes."""
-    app = FastAPI(title=title, version=version, description=description)
+    # /docs (Swagger UI) and /openapi.json are the documented pages; ReDoc is not served.
+    app = FastAPI(title=title, version=version, description=description, redoc_url=None)
+    app.state.service_settings = settings  # the server options (lasro_common/protocol.py) read it
+    app.state.memory_budget = MemoryBudget(int(settings.memory_budget_mb * 1024 * 1024),
+                                           wait_s=settings.read_timeout_s)
 
     @app.exception_handler(WireError)
     async def _wire(_: Request, e: WireError):
-        return error_response(e.status, e.code, e.message)
+        retry = {"Retry-After": "1"} if e.status in (429, 503) else None
+        return error_response(e.status, e.code, e.message, headers=retry)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException):
-        return error_response(e.status_code, f"http_{e.status_code}", str(e.detail))
+    async def _http(_: Request, e: StarletteHTTPException):  # 404, 405 (with its Allow header), ...
+        return error_response(e.status_code, f"http_{e.status_code}", str(e.detail), headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError):
@@ -175,7 +213,9 @@ def create_base_app(*, title: str, version: str, settings: ServiceSettings, metr
     @app.exception_handler(Exception)
     async def _internal(_: Request, e: Exception):
         log.exception("internal error")  # the traceback goes to the log, never to the client
-        return error_response(500, "internal_error", f"internal error ({type(e).__name__}); see server log")
+        # Starlette sends this answer from outside every middleware: the header is added here.
+        return error_response(500, "internal_error", f"internal error ({type(e).__name__}); see server log",
+                              headers={PROTOCOL_HEADER: PROTOCOL_VERSION})
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process answers.")
     async def healthz() -> dict[str, str]:
@@ -184,36 +224,22 @@ def create_base_app(*, title: str, version: str, settings: ServiceSettings, metr
     @app.get("/readyz", tags=["health"], summary="Readiness: models loaded.",
              responses={503: {"description": "Not ready yet"}})
     async def readyz():
+        why = problem()  # a failed load, a private redis-server that cannot restart, ...
+        if why:
+            return error_response(503, "not_ready", why)
         return {"status": "ready"} if ready() else error_response(503, "not_ready", "models are loading")
 
-    app.add_middleware(_Plumbing, max_body=int(settings.max_body_mb * 1024 * 1024), metrics=metrics)
+    app.add_middleware(_Plumbing, max_body=int(settings.max_body_mb * 1024 * 1024), metrics=metrics,
+                       read_timeout_s=settings.read_timeout_s, body_timeout_s=settings.request_timeout_s,
+                       budget=app.state.memory_budget)
     return app
 
 
 def metrics_route(app: FastAPI, metrics: Metrics, auth: Callable) -> None:
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics.", dependencies=[Depends(auth)],
-             response_class=Response)
+             response_class=Response, responses={401: {"model": ErrorBody}})
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-async def read_body(request: Request) -> bytearray:
-    """The whole body in one preallocated, writable buffer (decoded tensors are views into it)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit():
-        buf, pos = bytearray(int(length)), 0
-        async for chunk in request.stream():
-            if pos + len(chunk) > len(buf):
-                raise MalformedBody("body is longer than its Content-Length")
-            buf[pos : pos + len(chunk)] = chunk
-            pos += len(chunk)
-        if pos != len(buf):
-            raise MalformedBody(f"body ended after {pos} of {len(buf)} bytes")
-        return buf
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-    return buf
 
 
 def media_type(request: Request) -> str:

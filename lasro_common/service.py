@@ -48,6 +48,10 @@ class ServiceState:
             return
         self.ready.set()
 
+    def problem(self) -> str | None:
+        """Why the service is not ready beyond loading (shown by /readyz); None when all is well."""
+        return f"loading the {self.what} failed: {self.error}" if self.error else None
+
     def require_ready(self) -> None:
         if not self.ready.is_set():
             raise WireError(f"{self.what} not loaded yet{': ' + self.error if self.error else ''}",
@@ -67,7 +71,7 @@ def create_service_app(state: ServiceState, *, name: str, title: str, version: s
         await asyncio.to_thread(state.close)
 
     app = create_base_app(title=title, version=version, settings=state.settings, metrics=state.metrics,
-                          ready=state.ready.is_set, description=description)
+                          ready=state.ready.is_set, description=description, problem=state.problem)
     app.router.lifespan_context = lifespan
     setattr(app.state, name, state)
     auth = make_auth(state.settings)

@@ -8,6 +8,7 @@ headers, Response) stays the same; only the bytes move differently.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
@@ -58,7 +59,11 @@ class FastTransport(httpx.BaseTransport):
                 conn.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
                 for k, v in headers:
                     conn.putheader(k, v)
-                conn.endheaders(body or None)  # two sends, headers then body: no copy of the body
+                # The server may answer early (401, 413, ...) and close while the body is still going
+                # out; its answer then waits in our receive buffer: read it. If there is none,
+                # getresponse raises and the connection errors below apply as before.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    conn.endheaders(body or None)  # two sends, headers then body: no copy of the body
                 resp = conn.getresponse()
                 content = resp.read()
             except (ConnectionRefusedError, socket.gaierror) as e:

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, Response
 
 from lasro_common.batching import MicroBatcher
 from lasro_common.server import ERROR_RESPONSES as ERRORS
-from lasro_common.server import Metrics, RequestTimeout, media_type, read_body
+from lasro_common.server import Metrics, RequestTimeout, media_type
 from lasro_common.service import ServiceState, create_service_app
 from lasro_diffusion.loading import MODEL_LOAD_LOCK
 
@@ -18,7 +18,7 @@ from .grad import GRAD_OPENAPI, handle_grad
 from .rewards import Reward, build
 from .rewards.remote import RemoteReward
 from .schemas import SCORE_OPENAPI, RewardInfo, ScoreResponse
-from .scoring import make_batch_fn, parse_request, score
+from .scoring import make_batch_fn, read_request, score
 from .settings import RewardSettings
 
 log = logging.getLogger("reward_service")
@@ -75,9 +75,7 @@ def create_app(settings: RewardSettings | None = None, rewards: list[Reward] | N
               dependencies=auth)
     async def score_images(request: Request) -> dict:
         state.require_ready()
-        body = await read_body(request)
-        req = parse_request(media_type(request), body, state.rewards, next(iter(state.rewards), None),
-                            max_batch=settings.max_batch, max_side=settings.max_side)
+        req = await read_request(request, state, media_type(request))
         try:
             return await asyncio.wait_for(score(req, state.rewards, state.batchers), settings.request_timeout_s)
         except asyncio.TimeoutError:

@@ -15,10 +15,10 @@ from fastapi import Request, Response
 from lasro_common import SAFETENSORS_MEDIA_TYPE
 from lasro_common.batching import MicroBatcher
 from lasro_common.errors import InvalidInput, UnsupportedMedia, WireError
-from lasro_common.server import RequestTimeout, media_type, read_body, tensor_response
+from lasro_common.server import RequestTimeout, media_type, tensor_response
 
 from .rewards import Reward
-from .scoring import ScoreRequest, parse_request
+from .scoring import ScorePlan, ScoreRequest, read_request
 
 # One batcher serves every differentiable reward; its key (reward, H, W) keeps them apart. It
 # lives in RewardState.batchers under this name so the app's shutdown closes it with the others.
@@ -93,9 +93,11 @@ async def grad(req: ScoreRequest, rewards: dict[str, Reward], batcher: MicroBatc
     g = np.zeros(req.images.shape, np.float32)
     for name, wt in req.weights.items():
         s, gi = await batcher.submit((name, req.images, req.prompts), size=b, key=(name, h, w))
-        scores += wt * s
-        g += np.float32(wt) * gi
-    return scores.astype(np.float32), g
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked by the caller
+            scores += wt * s
+            g += np.float32(wt) * gi
+    with np.errstate(over="ignore"):
+        return scores.astype(np.float32), g
 
 
 async def handle_grad(request: Request, state: Any) -> Response:
@@ -104,17 +106,22 @@ async def handle_grad(request: Request, state: Any) -> Response:
     if media_type(request) != SAFETENSORS_MEDIA_TYPE:  # gradients are tensors: no JSON form
         raise UnsupportedMedia(f"POST /grad takes Content-Type {SAFETENSORS_MEDIA_TYPE}")
     s = state.settings
-    req = parse_request(SAFETENSORS_MEDIA_TYPE, await read_body(request), state.rewards,
-                        next(iter(state.rewards), None), max_batch=s.max_batch, max_side=s.max_side)
-    flat = [n for n in req.weights if not state.rewards[n].differentiable]
-    if flat:
-        raise InvalidInput(f"rewards {flat} are not differentiable; GET /rewards says which are",
-                           code="not_differentiable")
+
+    def differentiable(plan: ScorePlan) -> None:
+        flat = [n for n in plan.weights if not state.rewards[n].differentiable]
+        if flat:
+            raise InvalidInput(f"rewards {flat} are not differentiable; GET /rewards says which are",
+                               code="not_differentiable")
+
+    req = await read_request(request, state, SAFETENSORS_MEDIA_TYPE, check=differentiable)
     start = time.perf_counter()
     try:
         scores, g = await asyncio.wait_for(grad(req, state.rewards, grad_batcher(state)), s.request_timeout_s)
     except asyncio.TimeoutError:
         raise RequestTimeout(f"the gradient took longer than {s.request_timeout_s} s") from None
+    if not (np.isfinite(scores).all() and np.isfinite(g).all()):  # finite parts, but a weight like 1e39
+        raise InvalidInput(f"the weighted scores or gradients are not finite (weights {req.weights}); "
+                           "use smaller weights", code="non_finite_output")
     versions = {n: state.rewards[n].version for n in req.weights}
     return tensor_response({"scores": scores, "grad": g}, {
         "version": "+".join(f"{n}@{v}" for n, v in versions.items()), "versions": versions,

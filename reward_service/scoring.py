@@ -1,11 +1,19 @@
 """Turning a /score request into scores: parse either body form, validate, batch, combine.
-No FastAPI here; app.py stays thin."""
+No FastAPI here; app.py stays thin.
+
+A request is planned before it is decoded (`plan_request`: JSON parsed, image headers read,
+every limit checked), so what it will cost is known first: `read_request` reserves that memory
+in the service's budget and does the CPU work (JSON parsing, PNG/JPEG decoding, uint8 -> float)
+in a worker thread, never on the event loop that answers /healthz.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +29,8 @@ from lasro_common.errors import (
     UnsupportedMedia,
     WireError,
 )
-from lasro_common.images import decode_b64_images, validate_images
+from lasro_common.images import ImagePlan, check_images, plan_b64_images, to_float_images
+from lasro_common.limits import check_prompts, ledger_of, read_body
 
 from .rewards import Reward
 
@@ -59,26 +68,82 @@ def _prompts(value: Any, b: int) -> list[str]:
     return value
 
 
-def parse_request(content_type: str, body: bytearray, known: dict[str, Reward], default: str | None,
-                  *, max_batch: int, max_side: int) -> ScoreRequest:
+@dataclass
+class ScorePlan:
+    """A checked request whose images are not decoded yet; `decoded_bytes` is what decoding costs."""
+
+    images: ImagePlan | np.ndarray  # base64 images (headers read) or the safetensors tensor
+    prompts: list[str]
+    weights: dict[str, float]
+    decoded_bytes: int
+
+    def decode(self) -> ScoreRequest:
+        images = self.images.decode() if isinstance(self.images, ImagePlan) else to_float_images(self.images)
+        return ScoreRequest(images, self.prompts, self.weights)
+
+
+def _json_body(body: bytearray) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MalformedBody(f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise MalformedBody("body is JSON nested too deeply") from None
+
+
+def plan_request(content_type: str, body: bytearray, known: dict[str, Reward], default: str | None,
+                 *, max_batch: int, max_side: int, max_decoded_bytes: int | None = None,
+                 max_prompt_chars: int | None = None) -> ScorePlan:
+    """Parse and check everything without decoding a pixel."""
     if content_type == SAFETENSORS_MEDIA_TYPE:
         decoded = codec.decode(body)
         if "images" not in decoded.tensors:
             raise InvalidInput("safetensors body needs a tensor named 'images' (B, 3, H, W)")
-        images = validate_images(decoded.tensors["images"], max_batch=max_batch, max_side=max_side)
+        arr = decoded.tensors["images"]
+        check_images(arr, max_batch=max_batch, max_side=max_side, max_decoded_bytes=max_decoded_bytes)
+        images: ImagePlan | np.ndarray = arr
+        b = arr.shape[0]
+        # uint8 becomes a float32 copy; float32 is checked in place (a bool mask of NaN/Inf)
+        cost = arr.size * 4 if arr.dtype == np.uint8 else arr.size
         meta = decoded.metadata
     elif content_type == "application/json":
-        try:
-            meta = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MalformedBody(f"body is not valid JSON: {e}") from None
+        meta = _json_body(body)
         if not isinstance(meta, dict) or not isinstance(meta.get("images"), list):
             raise InvalidInput("JSON body needs 'images': a list of base64 PNG/JPEG strings")
-        images = decode_b64_images(meta["images"], max_batch=max_batch, max_side=max_side)
+        images = plan_b64_images(meta["images"], max_batch=max_batch, max_side=max_side).check(max_decoded_bytes)
+        b, cost = len(images.raw), images.decoded_bytes
     else:
         raise UnsupportedMedia(f"send Content-Type {SAFETENSORS_MEDIA_TYPE} or application/json")
     weights = parse_reward_spec(meta.get("reward"), known, default)
-    return ScoreRequest(images, _prompts(meta.get("prompts"), images.shape[0]), weights)
+    prompts = _prompts(meta.get("prompts"), b)
+    if max_prompt_chars is not None:
+        check_prompts(prompts, max_prompt_chars)
+    return ScorePlan(images, prompts, weights, cost)
+
+
+def parse_request(content_type: str, body: bytearray, known: dict[str, Reward], default: str | None,
+                  **limits: Any) -> ScoreRequest:
+    """`plan_request` then decode, in the calling thread (tests, embedding)."""
+    return plan_request(content_type, body, known, default, **limits).decode()
+
+
+async def read_request(request: Any, state: Any, ctype: str,
+                       check: Callable[[ScorePlan], None] | None = None) -> ScoreRequest:
+    """The request's body -> a decoded ScoreRequest: memory reserved in the service's budget
+    first, parsing and decoding in worker threads. `check(plan)` may refuse it before decoding."""
+    s = state.settings
+    body = await read_body(request)
+    ledger = ledger_of(request.scope)
+    if ctype == "application/json":
+        await ledger.reserve(len(body), "parsing the JSON body")  # its strings: about the body again
+    plan = await asyncio.to_thread(plan_request, ctype, body, state.rewards, next(iter(state.rewards), None),
+                                   max_batch=s.max_batch, max_side=s.max_side,
+                                   max_decoded_bytes=int(s.max_decoded_mb * 1024 * 1024),
+                                   max_prompt_chars=s.max_prompt_chars)
+    if check is not None:
+        check(plan)
+    await ledger.reserve(plan.decoded_bytes, "decoding the images")
+    return await asyncio.to_thread(plan.decode)
 
 
 def make_batch_fn(reward: Reward):
@@ -106,7 +171,11 @@ async def score(req: ScoreRequest, rewards: dict[str, Reward], batchers: dict[st
     for name in req.weights:
         out = await batchers[name].submit((req.images, req.prompts), size=b, key=(h, w))
         components[name] = out.tolist()
-    total = sum(np.asarray(components[n], dtype=np.float64) * wt for n, wt in req.weights.items())
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
+        total = sum(np.asarray(components[n], dtype=np.float64) * wt for n, wt in req.weights.items())
+    if not np.isfinite(total).all():  # finite components, but a weight like 1e308 overflows the sum
+        raise InvalidInput(f"the weighted scores are not finite (weights {req.weights}); use smaller weights",
+                           code="non_finite_output")
     versions = {n: rewards[n].version for n in req.weights}
     return {
         "scores": [float(x) for x in total],

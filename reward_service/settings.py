@@ -26,6 +26,7 @@ class RewardSettings(ServiceSettings):
     remote_token: SecretStr | None = Field(None, description="Bearer token sent to remote reward endpoints.")
     device: str = Field("cpu", description="Torch device for model-based rewards.")
     max_side: int = Field(2048, ge=1, description="Largest image side in pixels (413 above).")
+    max_decoded_mb: float = Field(256.0, gt=0, description="Largest decoded size of one request's images (float32 B x 3 x H x W), in MiB, checked from the image headers before decoding (413 above).")
 
     @field_validator("remote")
     @classmethod

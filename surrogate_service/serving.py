@@ -10,6 +10,7 @@ import torch
 
 from lasro_common.codec import Decoded
 from lasro_common.errors import InvalidInput, PayloadTooLarge, UnknownName
+from lasro_common.limits import check_prompts
 from lasro_diffusion.text import TextEncoderBundle
 
 from .model import HEADS, score_and_grad
@@ -29,7 +30,7 @@ class LatentRequest:
 
 
 def parse(decoded: Decoded, *, in_channels: int, multiple: int, max_batch: int, max_side: int,
-          max_abs: float = 1e4) -> LatentRequest:
+          max_abs: float = 1e4, max_prompt_chars: int | None = None) -> LatentRequest:
     """Check everything a client can get wrong, with a message that says how to fix it."""
     if "latents" not in decoded.tensors:
         raise InvalidInput("safetensors body needs a tensor named 'latents' (B, C, h, w)")
@@ -59,10 +60,12 @@ def parse(decoded: Decoded, *, in_channels: int, multiple: int, max_batch: int, 
         raise InvalidInput("metadata 'prompts' must be a JSON list of strings")
     if len(prompts) != b:
         raise InvalidInput(f"{len(prompts)} prompts for a batch of {b} latents", code="batch_mismatch")
+    if max_prompt_chars is not None:
+        check_prompts(prompts, max_prompt_chars)
     head = decoded.metadata.get("head")
-    if isinstance(head, str) and head.isdigit():
+    if isinstance(head, str) and head.isdigit() and len(head) < 3:
         head = int(head)
-    if head not in HEADS or isinstance(head, bool):
+    if type(head) is not int or head not in HEADS:  # exactly 1 or 2: not 1.0, not True
         raise UnknownName(f"unknown head {head!r}; use 1 (one-step outputs) or 2 (two-step outputs)",
                           code="unknown_head")
     return LatentRequest(decoded.torch("latents"), prompts, head)

@@ -31,9 +31,13 @@ class _Server(uvicorn.Server):
 
 @contextlib.contextmanager
 def serve_in_thread(app, *, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run `app` under a real uvicorn on a free port; yield its base URL."""
-    server = _Server(uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on",
-                                    http="httptools"))
+    """Run `app` under a real uvicorn on a free port; yield its base URL. A service app runs with
+    the same server options as `python -m <service>` (read timeout, connection cap)."""
+    from lasro_common.protocol import server_options
+
+    settings = getattr(getattr(app, "state", None), "service_settings", None)
+    options = server_options(settings) if settings is not None else {"http": "httptools"}
+    server = _Server(uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     if not server.bound.wait(30):
