@@ -18,6 +18,7 @@ from lasro_common.server import Metrics, RequestTimeout, read_tensors, tensor_re
 from lasro_common.service import ServiceState, create_service_app
 
 from . import __version__
+from .checkpoint import check_checkpoint_model
 from .model import load_surrogate
 from .schemas import LATENT_OPENAPI, ScoreResponse, StatusResponse
 from .serving import make_batch_fn, parse
@@ -37,6 +38,7 @@ class SurrogateState(ServiceState):
         self.learner: Any = None
         self.follower: Any = None
         self.slot: ModelSlot | None = None
+        self.redis: redis_util.EmbeddedRedis | None = None  # the private redis-server, if any
 
     def setup(self) -> None:
         s = self.settings
@@ -49,8 +51,11 @@ class SurrogateState(ServiceState):
         if s.learn:
             from .learner import Learner
 
-            self.learner = Learner(model, self.text, self.slot, s,
-                                   lambda: redis_util.connect(s.redis_url, db_dir=s.redis_dir))
+            url = s.redis_url
+            if not url:  # a private redis-server owned by this process (restarted in place if it dies)
+                self.redis = redis_util.EmbeddedRedis(s.redis_dir)
+                url = self.redis.start()
+            self.learner = Learner(model, self.text, self.slot, s, lambda: redis_util.connect(url))
             self.learner.restore()
             self.learner.start()
         elif s.follow:
@@ -69,17 +74,32 @@ class SurrogateState(ServiceState):
     def close(self) -> None:
         if self.learner is not None:
             self.learner.stop()  # writes the final checkpoint (SIGTERM lands here)
+        if self.redis is not None:
+            self.redis.stop()  # after the learner's last acknowledgements
         if self.follower is not None:
             self.follower.stop()
         for b in (getattr(self, "grad", None), getattr(self, "score", None)):
             if b is not None:
                 b.close()
 
+    def problem(self) -> str | None:
+        return super().problem() or (self.redis.problem if self.redis is not None else None)
+
+    def redis_status(self) -> dict | None:
+        if self.redis is not None:
+            return self.redis.status()
+        if self.settings.learn and self.settings.redis_url:
+            return {"embedded": False, "url": redis_util.redact(self.settings.redis_url)}
+        return None
+
     async def request(self, request: Request, batcher_name: str):
         self.require_ready()
         s = self.settings
-        req = parse(await read_tensors(request), in_channels=self.in_channels, multiple=self.multiple,
-                    max_batch=s.max_batch, max_side=s.max_latent_side, max_abs=s.max_abs_latent)
+        decoded = await read_tensors(request)
+        # the NaN/Inf and range passes read every value: a worker thread's job, not the event loop's
+        req = await asyncio.to_thread(parse, decoded, in_channels=self.in_channels, multiple=self.multiple,
+                                      max_batch=s.max_batch, max_side=s.max_latent_side, max_abs=s.max_abs_latent,
+                                      max_prompt_chars=s.max_prompt_chars)
         batcher: MicroBatcher = getattr(self, batcher_name)
         try:
             return await asyncio.wait_for(batcher.submit(req, size=req.latents.shape[0], key=req.key),
@@ -89,7 +109,11 @@ class SurrogateState(ServiceState):
 
 
 def create_app(settings: SurrogateSettings | None = None) -> FastAPI:
+    """Build the app. Raises ValueError (before loading anything) when the checkpoint folder
+    holds a learner of another base model."""
     settings = settings or SurrogateSettings()
+    if settings.learn:
+        check_checkpoint_model(settings.checkpoint_dir, settings.base_model)
     state = SurrogateState(settings, Metrics("surrogate"))
     app, auth = create_service_app(state, name="surrogate", title="LaSRO surrogate service", version=__version__,
                                    description="R_psi, a latent-space surrogate reward: scores and dR/dz for latents.")
@@ -114,6 +138,6 @@ def create_app(settings: SurrogateSettings | None = None) -> FastAPI:
         learner = state.learner.status() if state.learner is not None else None
         following = state.follower.status() if state.follower is not None else None
         return {"version": state.slot.version, "base_model": settings.base_model, "learning": learner is not None,
-                "learner": learner, "following": following}
+                "learner": learner, "following": following, "redis": state.redis_status()}
 
     return app

@@ -23,7 +23,15 @@ from lasro_common.stream import GroupConsumer, SampleGroup
 from lasro_diffusion.text import TextEncoderBundle
 
 from .buffer import BufferedGroup, ReplayBuffer, is_heldout
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (
+    MODEL_FILE,
+    check_state_model,
+    load_checkpoint,
+    model_id,
+    model_signature,
+    save_checkpoint,
+    write_model_file,
+)
 from .fit import Fitter
 from .follow import write_published
 from .model import SurrogateReward
@@ -62,6 +70,7 @@ class Learner:
         state = load_checkpoint(self.s.checkpoint_dir)
         if state is None:
             return False
+        check_state_model(self.s.checkpoint_dir, state, self.s.base_model, self.model.state_dict())
         self.replay = ReplayBuffer.from_state(state["replay"], self.s.buffer_groups, self.s.margin)
         self.heldout = ReplayBuffer.from_state(state["heldout"], self._heldout_capacity(),
                                                self.s.margin)
@@ -137,10 +146,15 @@ class Learner:
     # ---------------------------------------------------------------- checkpoint + ack
     def _checkpoint(self) -> None:
         self.stream.prune(keep={g.entry_id for g in self.replay.groups + self.heldout.groups})
+        fit = self.fit.state()
+        signature = model_signature(fit["model"])
         save_checkpoint(self.s.checkpoint_dir, {
-            **self.fit.state(), **self.stream.state(), "replay": self.replay.state(),
+            **fit, **self.stream.state(), "replay": self.replay.state(),
             "heldout": self.heldout.state(), "credit": self.credit,
-            "groups_consumed": self.groups_consumed})
+            "groups_consumed": self.groups_consumed, "base_model": self.s.base_model,
+            "model_id": model_id(self.s.base_model), "model_signature": signature})
+        if not (self.s.checkpoint_dir / MODEL_FILE).is_file():
+            write_model_file(self.s.checkpoint_dir, self.s.base_model, signature)
         self._last_ckpt, self._dirty = time.monotonic(), False
         self.stream.committed()  # only now is every buffered entry durable: acknowledge them
         self._write_published()

@@ -18,6 +18,8 @@ class StatusResponse(BaseModel):
     learning: bool
     learner: dict[str, Any] | None = Field(None, description="Buffer size, updates, held-out pair accuracy, stream lag...")
     following: dict[str, Any] | None = Field(None, description="Read replica: the folder followed and its last error.")
+    redis: dict[str, Any] | None = Field(None, description="The learner's Redis: its URL (password hidden); for the private "
+                                                           "redis-server also its folder, pid, restarts and any problem.")
 
 
 LATENT_OPENAPI = {
