@@ -39,6 +39,7 @@ class TrainConfig(BaseSettings):
     redis_url: str | None = Field(None, description="Redis of the surrogate's sample-group stream (required to adapt).")
     stream: str = Field("lasro:groups", description="Redis stream name (same as the surrogate's).")
     service_retries: int = Field(6, ge=0, description="Retries (with backoff) before a service counts as gone.")
+    redis_outage_s: float = Field(120.0, gt=0, description="How long a Redis outage is ridden out (retries with backoff) before the run checkpoints and stops; unsent sample groups wait in out/unsent-groups for --resume.")
     # --- prompts ---
     prompts: Path | None = Field(None, description="Text file, one training prompt per line; default: toy captions.")
     eval_prompts: Path | None = Field(None, description="Text file of held-out prompts; default: toy held-out captions.")

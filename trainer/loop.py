@@ -93,8 +93,10 @@ def train(cfg: TrainConfig) -> dict:
     streaming = cfg.adapt and cfg.grad_source == "surrogate"  # online adaptation feeds the learner
     if streaming and not cfg.redis_url:
         raise ValueError("--redis-url is required: the Redis the surrogate service consumes from")
-    producer = GroupProducer(redis_util.connect(cfg.redis_url), cfg.stream) if streaming else None
-    labeler = RewardLabeler(model, rewards, producer, reward=cfg.reward)
+    producer = GroupProducer(redis_util.connect(cfg.redis_url), cfg.stream,
+                             outage_s=cfg.redis_outage_s) if streaming else None
+    # groups that a Redis outage keeps from the stream wait here; a resumed run sends them first
+    labeler = RewardLabeler(model, rewards, producer, reward=cfg.reward, spool=cfg.out / "unsent-groups")
     state = {"iteration": 0, "queries": 0, "grad_queries": 0, "eval_queries": 0, "blocked_s": 0.0, "loop_s": 0.0,
              "before": None}
 
@@ -213,7 +215,8 @@ def train(cfg: TrainConfig) -> dict:
             if (it + 1) % cfg.checkpoint_every == 0:
                 save_checkpoint()
         labeler.drain()
-    except ServiceError as e:
+    except ServiceError as e:  # a service or Redis stayed unreachable through every retry
+        labeler.settle()  # jobs in flight finish (unsent groups go to the spool) and count their queries
         save_checkpoint()
         raise ServiceGone(f"stopping cleanly: {e}. Checkpoint saved to {ckpt}; run again with --resume latest") from e
     except KeyboardInterrupt:
