@@ -138,8 +138,8 @@ def train(cfg: TrainConfig) -> dict:
         state["eval_queries"] += ev.queries
         summary = {"iteration": it, "queries": spent() * world, **ev.summary()}
         run.eval(it, summary, ev)
-        best = state.get("best")
-        if best is None or summary["true_2step"] >= best["true_2step"]:  # ties: the later one
+        best = state.get("best")  # among the fine-tuned checkpoints: iteration 0 is the base model itself
+        if it > 0 and (best is None or summary["true_2step"] >= best["true_2step"]):  # ties: the later one
             state["best"] = {"iteration": it, "true_2step": summary["true_2step"]}
             save_checkpoint(cfg.out / checkpoint.BEST)
         return summary
@@ -246,7 +246,8 @@ def train(cfg: TrainConfig) -> dict:
     }
     from .export import export_run
 
-    summary["model"] = str(export_run(cfg.out, cfg.out / "model"))  # the best checkpoint, for plain diffusers
+    which = "best" if checkpoint.exists(cfg.out / checkpoint.BEST) else "last"  # no evaluation after 0: last
+    summary["model"] = str(export_run(cfg.out, cfg.out / "model", which))  # for plain diffusers
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2))
     run.close(summary)
     return summary

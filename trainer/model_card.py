@@ -79,6 +79,9 @@ def write_model_card(tmp: Path, out: Path, *, run: Path, cfg: dict, state: dict,
         f"(`pipe(prompts, num_inference_steps=2, guidance_scale={meta['guidance_scale']}, generator=[...])`) "
         "gives the very same samples.", "",
     ]
+    if before and after and after.get("true_2step") is not None and after["true_2step"] < before["true_2step"]:
+        lines += ["**This checkpoint's held-out 2-step reward is below the base model's**: fine-tuning did not "
+                  "improve it on these prompts.", ""]
     if meta["checkpoint"]["name"] == "checkpoint-best":
         lines += ["The best checkpoint was chosen by this held-out 2-step reward, so the figure above is "
                   "optimistic by selection; the last checkpoint's is in the run's `summary.json`.", ""]
@@ -93,7 +96,9 @@ def write_model_card(tmp: Path, out: Path, *, run: Path, cfg: dict, state: dict,
         "## Use it", "", "```python", _snippet(meta, out, held_out[0] if held_out else "a photo of a cat"), "```", "",
     ]
     if meta["kind"] == "lora":
-        lines += [f"`python -m trainer export --run {run} --fuse --out DIR` writes the LoRA fused into a full "
+        lines += ["Loading it, diffusers notes that the text encoders got no LoRA keys (\"safe to ignore\"), as for "
+                  "every UNet-only LoRA. "
+                  f"`python -m trainer export --run {run} --fuse --out DIR` writes the LoRA fused into a full "
                   "pipeline instead.", ""]
     path = tmp / "README.md"
     path.write_text("\n".join(lines))

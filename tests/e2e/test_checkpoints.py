@@ -1,5 +1,5 @@
-"""What a real run keeps and leaves: the best checkpoint (held-out true 2-step reward, ties: the
-later), the last, every --checkpoint-every with --keep-all, OUT/model exported from the best and
+"""What a real run keeps and leaves: the best fine-tuned checkpoint (held-out true 2-step reward,
+ties: the later), the last, every --checkpoint-every with --keep-all, OUT/model exported from the best and
 sampled by plain diffusers to the very figure the run measured; --resume from a kept folder."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_run_keeps_best_and_last_and_plain_diffusers_reproduces_the_exported_fig
     summary = train(cfg)
     evals = _evals(out)
     assert sorted(evals) == [0, 1, 2, 3, 4]
-    best = max(evals, key=lambda i: (evals[i]["true_2step"], i))  # ties: the later one
+    best = max((i for i in evals if i > 0), key=lambda i: (evals[i]["true_2step"], i))  # fine-tuned; ties: later
     assert checkpoint.state_of(out / "checkpoint-best")["iteration"] == best
     assert checkpoint.state_of(out / "checkpoint")["iteration"] == 4
     assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint", "checkpoint-2", "checkpoint-4",

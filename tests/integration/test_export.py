@@ -198,3 +198,13 @@ def test_an_interrupted_swap_leaves_the_previous_checkpoint(tmp_path):
     (tmp_path / "checkpoint.old").mkdir()
     (tmp_path / "checkpoint.old" / "state.json").write_text('{"iteration": 3}')
     assert checkpoint.exists(folder) and checkpoint.state_of(folder)["iteration"] == 3
+
+
+def test_resume_takes_latest_or_a_checkpoint_folder(runs, tmp_path):
+    assert TrainConfig(resume="latest", out=tmp_path).resume == "latest"
+    assert TrainConfig(resume="true", out=tmp_path).resume == "latest"  # TRAINER_RESUME=true, as before
+    assert TrainConfig(resume="false", out=tmp_path).resume is None
+    folder = str(runs["full"] / checkpoint.BEST)
+    assert TrainConfig(resume=folder, out=tmp_path).resume == folder
+    with pytest.raises(ValueError, match="state.json not found"):
+        TrainConfig(resume=str(tmp_path / "nowhere"), out=tmp_path)
