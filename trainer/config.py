@@ -87,6 +87,8 @@ class TrainConfig(BaseSettings):
         if isinstance(data, dict) and data.get("guidance_scale") is None:
             from toyworld.paths import LCM_DIR
 
+            from .guidance import default_guidance
+
             data = {**data, "guidance_scale": default_guidance(data.get("base_model") or str(LCM_DIR), data.get("lcm_lora"))}
         if isinstance(data, dict) and data.get("lora_rank") is None:
             data = {**data, "lora_rank": 64 if _is_sdxl(data.get("base_model")) else 0}
@@ -142,23 +144,3 @@ def _is_sdxl(base_model: str | None) -> bool:
     index = read_pipeline_json(str(base_model), "model_index.json") or {}
     return "text_encoder_2" in index or "XL" in str(index.get("_class_name", ""))
 
-
-def default_guidance(base_model: str, lcm_lora: str | None = None) -> float:
-    """The guidance scale a model family samples with: what its exported folder says (lasro.json),
-    the toy world's for the toy LCM, 8.0 for an LCM with a guidance embedding (LCM-Dreamshaper,
-    LCM-SDXL, LCM-SSD-1B), else 0: SDXL-Turbo and LCM-LoRA sample without guidance."""
-    import json
-
-    from toyworld.paths import LCM_DIR
-    from toyworld.sampling import LCM_GUIDANCE
-
-    if (Path(base_model) / "lasro.json").is_file():
-        return float(json.loads((Path(base_model) / "lasro.json").read_text())["guidance_scale"])
-    if Path(base_model).resolve() == LCM_DIR.resolve():
-        return LCM_GUIDANCE
-    if lcm_lora:
-        return 0.0
-    from lasro_diffusion.loading import read_pipeline_json
-
-    unet = read_pipeline_json(str(base_model), "unet/config.json")
-    return 8.0 if unet is None or unet.get("time_cond_proj_dim") else 0.0

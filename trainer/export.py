@@ -63,7 +63,7 @@ class ModelRef:
     lora: str | None = None  # an exported LoRA folder, loaded as an adapter
     lora_rank: int = 0  # a LoRA run's adapters, filled from `weights`
     weights: Path | None = None  # a run's checkpoint folder
-    guidance_scale: float | None = None  # None: the family's default (trainer.config.default_guidance)
+    guidance_scale: float | None = None  # None: the family's default (trainer.guidance.default_guidance)
 
     def load(self, device: str = "cpu", guidance_scale: float | None = None) -> FewStepModel:
         g = guidance_scale if guidance_scale is not None else self.guidance_scale

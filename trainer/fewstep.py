@@ -147,9 +147,9 @@ class FewStepModel:
             raise ValueError("train a new LoRA (lora_rank) or sample an exported one (lora), not both")
         with MODEL_LOAD_LOCK:
             self._load(str(base_model), device, dtype, lora_rank, gradient_checkpointing, lcm_lora, lora)
-        from .config import default_guidance
+        from .guidance import default_guidance
 
-        self.guidance_scale = default_guidance(str(base_model)) if guidance_scale is None else guidance_scale
+        self.guidance_scale = default_guidance(str(base_model), lcm_lora) if guidance_scale is None else guidance_scale
         if self.unet.config.time_cond_proj_dim is None and self.guidance_scale > 1:
             raise ValueError(f"guidance_scale {self.guidance_scale}: {base_model} has no guidance embedding, and the "
                              "trainer samples without classifier-free guidance; use 0 (SDXL-Turbo, LCM-LoRA)")
