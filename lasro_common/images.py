@@ -90,6 +90,12 @@ class ImagePlan:
     def decoded_bytes(self) -> int:
         return decoded_bytes(len(self.raw), self.height, self.width)
 
+    @property
+    def working_bytes(self) -> int:
+        """Memory decoding needs: the float32 batch plus one image's uint8 copies in flight (PIL's
+        decoded image and the array taken from it)."""
+        return self.decoded_bytes + 2 * 3 * self.height * self.width
+
     def check(self, max_decoded_bytes: int | None) -> ImagePlan:
         check_decoded(len(self.raw), self.height, self.width, max_decoded_bytes)
         return self
@@ -100,7 +106,7 @@ class ImagePlan:
         for i, raw in enumerate(self.raw):
             try:
                 with _open(raw) as im:
-                    rgb = np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
+                    rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3) uint8
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
                 raise InvalidInput(f"images[{i}] could not be decoded as {' or '.join(FORMATS)}: {e}",
                                    code="invalid_image") from None

@@ -17,7 +17,7 @@ from .errors import MalformedBody, Overloaded, PayloadTooLarge, WireError
 
 MiB = 1024 * 1024
 LEDGER = "lasro.ledger"  # the request's Ledger in the ASGI scope
-FIRST_CHUNK = 1 * MiB  # a body buffer starts at most this big and grows x4 as data arrives
+FIRST_CHUNK = 64 * 1024  # a body buffer starts at most this big and grows x4 as data arrives
 
 
 class ReadTimeout(WireError):
@@ -90,9 +90,9 @@ def ledger_of(scope: dict[str, Any]) -> Ledger:
 async def read_body(request: Any) -> bytearray:
     """The whole body in one writable buffer (decoded tensors are views into it).
 
-    The buffer grows with the data that actually arrives (1 MiB first, then x4, never beyond the
-    declared length): a client that declares 64 MiB and sends 1 KiB holds 1 MiB, not 64. Each
-    growth is reserved in the request's ledger first."""
+    The buffer grows with the data that actually arrives (64 KiB first, then x4, never beyond the
+    declared length; the copies add up to a third of the body): a client that declares 64 MiB and
+    sends 1 KiB holds 64 KiB, not 64 MiB. Each growth is reserved in the request's ledger first."""
     ledger = ledger_of(request.scope)
     declared = request.headers.get("content-length")
     length = int(declared) if declared is not None and declared.isdigit() else None

@@ -18,7 +18,7 @@ from lasro_common.errors import InvalidInput, UnsupportedMedia, WireError
 from lasro_common.server import RequestTimeout, media_type, tensor_response
 
 from .rewards import Reward
-from .scoring import ScorePlan, ScoreRequest, read_request
+from .scoring import MERGE_COPY_LIMIT, ScorePlan, ScoreRequest, read_request
 
 # One batcher serves every differentiable reward; its key (reward, H, W) keeps them apart. It
 # lives in RewardState.batchers under this name so the app's shutdown closes it with the others.
@@ -48,6 +48,8 @@ def make_grad_fn(rewards: dict[str, Reward]):
 
     def run(items: list[tuple[str, np.ndarray, list[str]]]) -> list[tuple[np.ndarray, np.ndarray]]:
         reward = rewards[items[0][0]]  # the batcher key includes the name: one reward per call
+        if len(items) > 1 and sum(i.nbytes for _, i, _ in items) > MERGE_COPY_LIMIT:  # big: one call each
+            return [o for item in items for o in run([item])]
         # a fresh array either way: the request's own buffer is never handed to autograd
         arr = np.concatenate([i for _, i, _ in items]) if len(items) > 1 else items[0][1].copy()
         prompts = [p for _, _, ps in items for p in ps]

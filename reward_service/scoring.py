@@ -14,6 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,13 @@ from lasro_common.images import ImagePlan, check_images, plan_b64_images, to_flo
 from lasro_common.limits import check_prompts, ledger_of, read_body
 
 from .rewards import Reward
+
+# Merging requests copies their images into one batch; beyond this many bytes the copy would cost
+# more memory than batching saves time (large images keep a model busy on their own).
+MERGE_COPY_LIMIT = 64 * 1024 * 1024
+# Parsing and decoding run here, off the event loop; two threads keep the CPU and the memory of
+# decodes in flight bounded (each thread also keeps its own allocator arena).
+DECODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
 
 
 @dataclass
@@ -111,7 +119,7 @@ def plan_request(content_type: str, body: bytearray, known: dict[str, Reward], d
         if not isinstance(meta, dict) or not isinstance(meta.get("images"), list):
             raise InvalidInput("JSON body needs 'images': a list of base64 PNG/JPEG strings")
         images = plan_b64_images(meta["images"], max_batch=max_batch, max_side=max_side).check(max_decoded_bytes)
-        b, cost = len(images.raw), images.decoded_bytes
+        b, cost = len(images.raw), images.working_bytes
     else:
         raise UnsupportedMedia(f"send Content-Type {SAFETENSORS_MEDIA_TYPE} or application/json")
     weights = parse_reward_spec(meta.get("reward"), known, default)
@@ -136,24 +144,31 @@ async def read_request(request: Any, state: Any, ctype: str,
     ledger = ledger_of(request.scope)
     if ctype == "application/json":
         await ledger.reserve(len(body), "parsing the JSON body")  # its strings: about the body again
-    plan = await asyncio.to_thread(plan_request, ctype, body, state.rewards, next(iter(state.rewards), None),
-                                   max_batch=s.max_batch, max_side=s.max_side,
-                                   max_decoded_bytes=int(s.max_decoded_mb * 1024 * 1024),
-                                   max_prompt_chars=s.max_prompt_chars)
+    loop = asyncio.get_running_loop()
+    plan = await loop.run_in_executor(DECODERS, lambda: plan_request(
+        ctype, body, state.rewards, next(iter(state.rewards), None), max_batch=s.max_batch, max_side=s.max_side,
+        max_decoded_bytes=int(s.max_decoded_mb * 1024 * 1024), max_prompt_chars=s.max_prompt_chars))
     if check is not None:
         check(plan)
     await ledger.reserve(plan.decoded_bytes, "decoding the images")
-    return await asyncio.to_thread(plan.decode)
+    return await loop.run_in_executor(DECODERS, plan.decode)
 
 
 def make_batch_fn(reward: Reward):
     """The model call one MicroBatcher makes: concatenate requests, score once, split back."""
 
-    def run(items: list[tuple[np.ndarray, list[str]]]) -> list[np.ndarray]:
-        images = torch.from_numpy(np.concatenate([i for i, _ in items]) if len(items) > 1 else items[0][0])
-        prompts = [p for _, ps in items for p in ps]
+    def call(images: np.ndarray, prompts: list[str]) -> np.ndarray:
         with torch.inference_mode():
-            scores = torch.as_tensor(reward.score(images, prompts)).detach().float().cpu().reshape(-1).numpy()
+            return torch.as_tensor(reward.score(torch.from_numpy(images), prompts)).detach().float().cpu().reshape(-1).numpy()
+
+    def run(items: list[tuple[np.ndarray, list[str]]]) -> list[np.ndarray]:
+        prompts = [p for _, ps in items for p in ps]
+        if len(items) == 1:
+            scores = call(items[0][0], prompts)
+        elif sum(i.nbytes for i, _ in items) > MERGE_COPY_LIMIT:  # big images: no merged copy, one call each
+            scores = np.concatenate([call(i, ps) for i, ps in items])
+        else:
+            scores = call(np.concatenate([i for i, _ in items]), prompts)
         if scores.shape != (len(prompts),) or not np.isfinite(scores).all():
             raise WireError(code="reward_failed", status=500, message=f"reward {reward.name!r} returned {scores.shape} scores with non-finite "
                                f"values for {len(prompts)} images")

@@ -127,3 +127,30 @@ def test_deeply_nested_json_in_score_is_a_400(nested):
     with pytest.raises(WireError) as e:
         parse_request("application/json", bytearray(body), {}, None, max_batch=4, max_side=64)
     assert 400 <= e.value.status < 500
+
+
+def test_requests_too_large_to_copy_are_scored_one_call_each(monkeypatch):
+    """Merging requests copies their images: above MERGE_COPY_LIMIT each keeps its own call (and
+    its own memory), below it they share one."""
+    from reward_service import scoring
+    from reward_service.rewards import Reward
+
+    class Counting(Reward):
+        name = "counting"
+
+        def __init__(self):
+            self.calls = []
+
+        def score(self, images, prompts):
+            self.calls.append(images.shape[0])
+            return images.mean(dim=(1, 2, 3))
+
+    reward = Counting()
+    run = scoring.make_batch_fn(reward)
+    items = [(np.full((2, 3, 8, 8), v, np.float32), ["a", "b"]) for v in (0.25, 0.75)]
+    monkeypatch.setattr(scoring, "MERGE_COPY_LIMIT", 10**9)
+    out = run(items)
+    assert reward.calls == [4] and [o.tolist() for o in out] == [[0.25, 0.25], [0.75, 0.75]]
+    monkeypatch.setattr(scoring, "MERGE_COPY_LIMIT", 1000)
+    out = run(items)
+    assert reward.calls == [4, 2, 2] and [o.tolist() for o in out] == [[0.25, 0.25], [0.75, 0.75]]
