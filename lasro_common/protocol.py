@@ -7,8 +7,9 @@ see, on top of uvicorn's httptools protocol.
   keep-alive connections close after `keep_alive_s`, uvicorn's own timer.)
 - At most `max_connections` connections: when a new one would exceed the cap, the connection
   that has waited longest on its client (idle, or half-way through its headers) is closed; if
-  every connection has a request in progress, the new one gets 503 and is closed. The process's
-  open-file limit is raised to fit the cap, so accept() never fails for want of descriptors.
+  every connection has a request in progress, the new one gets 503 and is closed. The listen
+  backlog is the cap (at least 128), and the process's open-file limit is raised to the cap plus
+  the backlog plus a reserve, so accept() never fails for want of descriptors.
 
 `server_options(settings)` gives the uvicorn keyword arguments both `python -m <service>` and the
 tests' `serve_in_thread` use.
@@ -138,9 +139,11 @@ class GuardedProtocol(HttpToolsProtocol):
 
 
 def _fit_fd_limit(max_connections: int) -> int:
-    """Raise the soft open-file limit to hold the cap; return the cap that fits."""
+    """Raise the soft open-file limit to hold the cap; return the cap that fits. Up to the cap plus
+    the backlog can be open for a moment: the accept loop takes at most `backlog` connections per
+    turn of the event loop, before their connection_made closes the ones they displace."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max_connections + FD_RESERVE
+    want = max_connections + backlog(max_connections) + FD_RESERVE
     if soft != resource.RLIM_INFINITY and soft < want:
         new = want if hard == resource.RLIM_INFINITY else min(want, hard)
         try:
@@ -149,10 +152,15 @@ def _fit_fd_limit(max_connections: int) -> int:
         except (ValueError, OSError):
             pass
     if soft != resource.RLIM_INFINITY and soft < want:
-        fitted = max(8, soft - FD_RESERVE)
+        fitted = max(8, (soft - FD_RESERVE) // 2)
         log.warning("max_connections %d does not fit the open-file limit %d; using %d", max_connections, soft, fitted)
         return fitted
     return max_connections
+
+
+def backlog(max_connections: int) -> int:
+    """The listen backlog: the cap (at least 128, so a burst of connects is not dropped)."""
+    return min(2048, max(128, max_connections))
 
 
 def protocol_class(read_timeout_s: float, max_connections: int) -> type[GuardedProtocol]:
@@ -162,5 +170,6 @@ def protocol_class(read_timeout_s: float, max_connections: int) -> type[GuardedP
 
 def server_options(settings: Any) -> dict[str, Any]:
     """uvicorn keyword arguments for a service's settings (a ServiceSettings)."""
-    return {"http": protocol_class(settings.read_timeout_s, settings.max_connections),
-            "timeout_keep_alive": settings.keep_alive_s, "loop": "asyncio"}
+    http = protocol_class(settings.read_timeout_s, settings.max_connections)
+    return {"http": http, "timeout_keep_alive": settings.keep_alive_s, "loop": "asyncio",
+            "backlog": backlog(http.max_connections)}

@@ -222,10 +222,10 @@ def surrogate_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 class RssSampler:
-    """Peak RSS of a process, sampled every 20 ms in a thread."""
+    """Peak RSS and open file descriptors of a process, sampled every 20 ms in a thread."""
 
     def __init__(self, pid: int):
-        self.proc, self.peak = psutil.Process(pid), 0
+        self.proc, self.peak, self.peak_fds = psutil.Process(pid), 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -237,6 +237,7 @@ class RssSampler:
         while not self._stop.wait(0.02):
             try:
                 self.peak = max(self.peak, self.proc.memory_info().rss)
+                self.peak_fds = max(self.peak_fds, self.proc.num_fds())
             except psutil.NoSuchProcess:
                 return
 
