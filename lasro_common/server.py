@@ -48,7 +48,7 @@ class ServiceSettings(BaseSettings):
     api_token: SecretStr | None = Field(None, description="Bearer token required on every non-health route; unset = open.")
     max_body_mb: float = Field(64.0, gt=0, description="Largest accepted request body, in MiB (413 above).")
     max_batch: int = Field(256, ge=1, description="Largest batch (B) one request may carry (413 above).")
-    request_timeout_s: float = Field(120.0, gt=0, description="Per-request time limit; 504 when exceeded.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Per-request time limit: the body must arrive within it (408 otherwise) and the answer too (504).")
     batching: bool = Field(True, description="Merge concurrent requests into one model call.")
     batch_max_size: int = Field(64, ge=1, description="Most samples merged into one model call.")
     batch_max_wait_ms: float = Field(5.0, ge=0, description="How long the first request waits for company.")
