@@ -9,7 +9,7 @@ see, on top of uvicorn's httptools protocol.
   that has waited longest on its client (idle, or half-way through its headers) is closed; if
   every connection has a request in progress, the new one gets 503 and is closed. The listen
   backlog is the cap (at least 128), and the process's open-file limit is raised to the cap plus
-  the backlog plus a reserve, so accept() never fails for want of descriptors.
+  four accept batches plus a reserve, so accept() never fails for want of descriptors.
 
 `server_options(settings)` gives the uvicorn keyword arguments both `python -m <service>` and the
 tests' `serve_in_thread` use.
@@ -30,6 +30,7 @@ from . import PROTOCOL_HEADER, PROTOCOL_VERSION
 log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 64 * 1024
 FD_RESERVE = 256  # descriptors beyond the connection cap: files, Redis, model loading, logs
+ACCEPT_DEPTH = 4  # accept batches in flight at most (see _fit_fd_limit)
 LOG_EVERY_S = 10.0  # at most one warning per kind per this many seconds (no log floods)
 
 
@@ -139,11 +140,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
 
 def _fit_fd_limit(max_connections: int) -> int:
-    """Raise the soft open-file limit to hold the cap; return the cap that fits. Up to the cap plus
-    the backlog can be open for a moment: the accept loop takes at most `backlog` connections per
-    turn of the event loop, before their connection_made closes the ones they displace."""
+    """Raise the soft open-file limit to hold the cap; return the cap that fits. Beyond the cap,
+    up to ACCEPT_DEPTH accept batches can be open for a moment: asyncio accepts at most `backlog`
+    connections per turn of the event loop, calls their connection_made (which closes the ones they
+    displace) two turns later, and releases the closed descriptors a turn after that."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max_connections + backlog(max_connections) + FD_RESERVE
+    want = max_connections + ACCEPT_DEPTH * backlog(max_connections) + FD_RESERVE
     if soft != resource.RLIM_INFINITY and soft < want:
         new = want if hard == resource.RLIM_INFINITY else min(want, hard)
         try:
@@ -152,7 +154,7 @@ def _fit_fd_limit(max_connections: int) -> int:
         except (ValueError, OSError):
             pass
     if soft != resource.RLIM_INFINITY and soft < want:
-        fitted = max(8, (soft - FD_RESERVE) // 2)
+        fitted = max(8, (soft - FD_RESERVE) // (1 + ACCEPT_DEPTH))
         log.warning("max_connections %d does not fit the open-file limit %d; using %d", max_connections, soft, fitted)
         return fitted
     return max_connections
