@@ -1,4 +1,4 @@
-"""`python -m toyworld build`: VAE -> teacher (+ text encoder) -> LCM distillation -> export.
+"""`python -m toyworld build`: VAE -> teacher (+ text encoder) -> LCM distillation -> export -> toy CLIP.
 
 Each stage checkpoints under toyworld/.build/<stage>/ every few hundred steps and resumes from
 there; a finished stage leaves <stage>/final and is skipped. Every batch and noise draw depends
@@ -46,10 +46,13 @@ class BuildConfig:
     eval_seeds: int = 2  # seeds per held-out caption in build-time evaluations
     headroom: float = 0.07  # keep the 2-step LCM at least this far below the teacher
     ckpt_every: int = 250
+    clip_steps: int = 1400  # toy CLIP contrastive steps (toyworld/clip_train.py), on the exported text encoder
+    clip_batch: int = 64  # toy CLIP scenes per step (plus a binding and a malformed negative each)
+    clip_lr: float = 2e-3
 
 
 QUICK = BuildConfig(vae_steps=6, vae_batch=8, teacher_steps=6, teacher_batch=8, distill_steps=6,
-                    distill_batch=4, eval_every=3, eval_seeds=1, ckpt_every=4)
+                    distill_batch=4, eval_every=3, eval_seeds=1, ckpt_every=4, clip_steps=6, clip_batch=8)
 
 
 def _lr(step: int, total: int, base: float, warmup: int = 100) -> float:
@@ -259,7 +262,26 @@ def stage_export(cfg: BuildConfig, root: Path, teacher_dir: Path, lcm_dir: Path)
     return info
 
 
-def build(quick: bool = False, stages: tuple[str, ...] = ("vae", "teacher", "distill", "export"),
+def stage_clip(cfg: BuildConfig, root: Path, models_dir: Path) -> dict:
+    """Train the toy CLIP against the exported pipelines' text encoder; write models_dir/toy-clip."""
+    from toyworld import clip, clip_eval, clip_train
+
+    out = root / "clip"
+    out.mkdir(parents=True, exist_ok=True)
+    if not (models_dir / "lcm" / "text_encoder").is_dir():
+        raise FileNotFoundError(f"no text encoder in {models_dir / 'lcm'}; run the export stage first")
+    torch.manual_seed(cfg.seed + 30)
+    model = clip.new_model(models_dir / "lcm")
+    tcfg = clip_train.ClipTrainConfig(seed=cfg.seed + 30, steps=cfg.clip_steps, batch=cfg.clip_batch,
+                                      lr=cfg.clip_lr, ckpt_every=cfg.ckpt_every)
+    log = clip_train.train(model, tcfg, out)
+    quality = clip_eval.measure_data(model, seeds=cfg.eval_seeds)  # held-out captions, dataset images
+    model.save_pretrained(models_dir / "toy-clip", extra={"train": asdict(tcfg), "last_log": log[-1:],
+                                                          "heldout_data": quality})
+    return quality
+
+
+def build(quick: bool = False, stages: tuple[str, ...] = ("vae", "teacher", "distill", "export", "clip"),
           overrides: dict[str, str] | None = None) -> None:
     cfg = QUICK if quick else BuildConfig()
     fields = {f: type(v) for f, v in asdict(cfg).items()}
@@ -281,8 +303,12 @@ def build(quick: bool = False, stages: tuple[str, ...] = ("vae", "teacher", "dis
         elif name == "export":
             info = stage_export(cfg, root, models_dir / "teacher", models_dir / "lcm")
             print(f"export: teacher {info['teacher_build_score']:.3f}, student {info['selected_student']}")
+        elif name == "clip":
+            q = stage_clip(cfg, root, models_dir)
+            print(f"clip: held-out dataset images: matched {q['matched']:.3f}, colours swapped "
+                  f"{q['mismatched_swap']:.3f}, matched > swapped {q['matched_gt_swap']:.3f}")
         else:
-            raise ValueError(f"unknown stage {name!r}; choose from vae, teacher, distill, export")
+            raise ValueError(f"unknown stage {name!r}; choose from vae, teacher, distill, export, clip")
         timings[name] = round(time.time() - t0, 1)
         print(f"stage {name} done in {timings[name]} s", flush=True)
     print(json.dumps(timings))
