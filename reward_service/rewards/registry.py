@@ -13,6 +13,7 @@ BUILTINS = {
     "jpeg_compressibility": "reward_service.rewards.jpeg:JpegCompressibility",
     "jpeg_incompressibility": "reward_service.rewards.jpeg:JpegIncompressibility",
     "toy_attribute_binding": "reward_service.rewards.toy:ToyAttributeBinding",
+    "toy_clip": "reward_service.rewards.toy:ToyClipScore",
     "clip_score": "reward_service.rewards.clip:ClipScore",
     "pickscore": "reward_service.rewards.clip:PickScore",
     "laion_aesthetic": "reward_service.rewards.clip:LaionAesthetic",
