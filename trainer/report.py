@@ -46,7 +46,10 @@ class RunLog:
         self.metrics = (out / "metrics.jsonl").open("a")
         self.config = json.loads(config.model_dump_json()) if hasattr(config, "model_dump_json") else dict(config)
         (out / "config.json").write_text(json.dumps(self.config, indent=2))
-        self.last_eval: dict = {}
+        # the newest evaluation, also of an earlier process of a resumed run (a run resumed after
+        # its last iteration evaluates nothing more, and its summary still needs an "after")
+        evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"kind": "eval"' in x]
+        self.last_eval: dict = {k: v for k, v in evals[-1].items() if k != "kind"} if evals else {}
 
     def _write(self, kind: str, row: dict) -> None:
         self.metrics.write(json.dumps({"kind": kind, **row}) + "\n")

@@ -132,3 +132,14 @@ def test_frozen_surrogate_streams_nothing_during_fine_tuning(services, tmp_path)
     summary = train(_cfg(services, tmp_path / "frozen", adapt=False))
     assert summary["queries"] == 0
     assert (r.xlen("lasro:groups") if r.exists("lasro:groups") else 0) == before
+
+
+def test_resuming_a_finished_run_reports_its_last_evaluation(services, tmp_path) -> None:
+    """`train --resume` after the last iteration evaluates nothing more; its summary still has an
+    "after" (it used to fail with a KeyError), and it is the finished run's."""
+    from trainer.loop import train
+
+    cfg = _cfg(services, tmp_path / "done", grad_source="true", surrogate_url="http://127.0.0.1:9", redis_url=None)
+    first = train(cfg)
+    again = train(cfg.model_copy(update={"resume": "latest"}))
+    assert again["after"] == first["after"] and again["iterations"] == first["iterations"]
