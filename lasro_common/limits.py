@@ -17,7 +17,7 @@ from .errors import MalformedBody, Overloaded, PayloadTooLarge, WireError
 
 MiB = 1024 * 1024
 LEDGER = "lasro.ledger"  # the request's Ledger in the ASGI scope
-FIRST_CHUNK = 64 * 1024  # a body buffer starts at most this big and grows x4 as data arrives
+FIRST_CHUNK = 64 * 1024  # the smallest step in which a body's arrival is reserved
 
 
 class ReadTimeout(WireError):
@@ -77,6 +77,13 @@ class Ledger:
             await self.budget.acquire(n, what)
             self.held += n
 
+    async def give_back(self, n: int) -> None:
+        """Release `n` of the bytes reserved so far (memory freed before the request ends)."""
+        if self.budget is not None:
+            n = min(n, self.held)
+            self.held -= n
+            await self.budget.release(n)
+
     async def release(self) -> None:
         if self.budget is not None:
             held, self.held = self.held, 0
@@ -90,33 +97,33 @@ def ledger_of(scope: dict[str, Any]) -> Ledger:
 async def read_body(request: Any) -> bytearray:
     """The whole body in one writable buffer (decoded tensors are views into it).
 
-    The buffer grows with the data that actually arrives (64 KiB first, then x4, never beyond the
-    declared length; the copies add up to a third of the body): a client that declares 64 MiB and
-    sends 1 KiB holds 64 KiB, not 64 MiB. Each growth is reserved in the request's ledger first."""
+    Memory follows the data that actually arrives, never the length a header declares: the chunks
+    are kept as they come (a client that declares 64 MiB and sends 1 KiB holds 1 KiB) and joined
+    into one buffer at the end (one copy, no zero-filling). Both are reserved in the request's
+    ledger first; the chunks' share is given back once they are joined."""
     ledger = ledger_of(request.scope)
     declared = request.headers.get("content-length")
     length = int(declared) if declared is not None and declared.isdigit() else None
-    buf, pos = bytearray(), 0
+    chunks: list[bytes] = []
+    size = reserved = 0
     async for chunk in request.stream():
         if not chunk:
             continue
-        end = pos + len(chunk)
-        if length is not None and end > length:
+        size += len(chunk)
+        if length is not None and size > length:
             raise MalformedBody("body is longer than its Content-Length")
-        if end > len(buf):
-            want = max(end, min(FIRST_CHUNK, length or FIRST_CHUNK), 4 * len(buf))
-            new_size = min(want, length) if length is not None else want
-            await ledger.reserve(new_size - len(buf), "the request body")
-            grown = bytearray(new_size)
-            grown[:pos] = memoryview(buf)[:pos]
-            buf = grown
-        buf[pos:end] = chunk
-        pos = end
-    if length is not None and pos != length:
-        raise MalformedBody(f"body ended after {pos} of {length} bytes")
-    if pos != len(buf):
-        del buf[pos:]
-    return buf
+        if size > reserved:  # reserve in doubling steps: a few awaits per body, not one per chunk
+            step = max(size - reserved, reserved, FIRST_CHUNK)
+            await ledger.reserve(step, "the request body")
+            reserved += step
+        chunks.append(chunk)
+    if length is not None and size != length:
+        raise MalformedBody(f"body ended after {size} of {length} bytes")
+    await ledger.reserve(size, "the request body")
+    body = bytearray().join(chunks)
+    chunks.clear()
+    await ledger.give_back(reserved)
+    return body
 
 
 def check_prompts(prompts: list[str], max_chars: int) -> None:
