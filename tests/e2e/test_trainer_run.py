@@ -11,39 +11,16 @@ import torch
 
 from lasro_common import redis_util
 from lasro_common.stream import SampleGroup
-from reward_service.app import create_app as reward_app
-from reward_service.rewards import Reward
-from reward_service.settings import RewardSettings
-from surrogate_service.app import create_app as surrogate_app
-from surrogate_service.settings import SurrogateSettings
+from tests.e2e.stack import Brightness, running_stack  # noqa: F401 (Brightness: imported by others)
 from trainer.config import TrainConfig
 from trainer.fewstep import FewStepModel
 
 
-class Brightness(Reward):
-    """A cheap true reward for tiny 16 x 16 images: mean brightness."""
-
-    name = "brightness"
-
-    def score(self, images, prompts):
-        return images.mean(dim=(1, 2, 3))
-
-
 @pytest.fixture(scope="module")
 def services(tiny_pipelines, tmp_path_factory):
-    from tests.conftest import serve_in_thread
-
-    tmp = tmp_path_factory.mktemp("run")
-    redis_url = redis_util.embedded_redis_url(tmp / "redis")
-    base = str(tiny_pipelines["sd"])
-    rew = reward_app(RewardSettings(), rewards=[Brightness()])
-    sur = surrogate_app(SurrogateSettings(base_model=base, redis_url=redis_url, checkpoint_dir=tmp / "sur",
-                                          head_channels=16, publish_every=1, lr=1e-3))
-    with serve_in_thread(rew) as rurl, serve_in_thread(sur) as surl:
-        assert rew.state.rewards.ready.wait(30)
-        assert sur.state.surrogate.ready.wait(60), sur.state.surrogate.error
-        _warm_surrogate(redis_url, surl)
-        yield {"base": base, "reward_url": rurl, "surrogate_url": surl, "redis_url": redis_url, "tmp": tmp}
+    with running_stack(str(tiny_pipelines["sd"]), tmp_path_factory.mktemp("run")) as stack:
+        _warm_surrogate(stack["redis_url"], stack["surrogate_url"])
+        yield stack
 
 
 def _warm_surrogate(redis_url: str, surrogate_url: str) -> None:
