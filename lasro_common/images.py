@@ -125,20 +125,28 @@ def _open(raw: bytes) -> Image.Image:
 def plan_b64_images(items: list, *, max_batch: int, max_side: int) -> ImagePlan:
     """Base64 PNG/JPEG strings (optionally data: URLs): decode the base64, read each header,
     check count, format, sides and that all sizes agree. No pixels are decoded."""
-    if not items:
-        raise InvalidInput("images is an empty list", code="invalid_shape")
-    if len(items) > max_batch:
-        raise PayloadTooLarge(f"batch of {len(items)} images exceeds the limit of {max_batch}")
-    raw, size = [], None
+    _check_count(items, max_batch)
+    raw = []
     for i, s in enumerate(items):
         if not isinstance(s, str):
             raise InvalidInput(f"images[{i}] must be a base64 string", code="invalid_image")
         if s.startswith("data:"):
             s = s.split(",", 1)[-1]
         try:
-            data = base64.b64decode(s, validate=True)
+            raw.append(base64.b64decode(s, validate=True))
         except (binascii.Error, ValueError):
             raise MalformedBody(f"images[{i}] is not valid base64", code="invalid_image") from None
+    return plan_raw_images(raw, max_batch=max_batch, max_side=max_side)
+
+
+def plan_raw_images(items: list, *, max_batch: int, max_side: int) -> ImagePlan:
+    """PNG/JPEG files as bytes (flow_grpo's pickled `images`): read each header, check count,
+    format, sides and that all sizes agree. No pixels are decoded."""
+    _check_count(items, max_batch)
+    raw, size = [], None
+    for i, data in enumerate(items):
+        if not isinstance(data, bytes):
+            raise InvalidInput(f"images[{i}] must be the bytes of a PNG or JPEG file", code="invalid_image")
         try:
             with _open(data) as im:  # reads the header only
                 w, h = im.size
@@ -151,6 +159,13 @@ def plan_b64_images(items: list, *, max_batch: int, max_side: int) -> ImagePlan:
         size = (h, w)
         raw.append(data)
     return ImagePlan(raw, *size)
+
+
+def _check_count(items: list, max_batch: int) -> None:
+    if not items:
+        raise InvalidInput("images is an empty list", code="invalid_shape")
+    if len(items) > max_batch:
+        raise PayloadTooLarge(f"batch of {len(items)} images exceeds the limit of {max_batch}")
 
 
 def decode_b64_images(items: list, *, max_batch: int, max_side: int,
@@ -166,12 +181,18 @@ def to_uint8_hwc(images: np.ndarray) -> np.ndarray:
 
 def encode_png_b64(images: np.ndarray) -> list[str]:
     """float (B, 3, H, W) in [0, 1] or uint8 -> base64 PNG strings (lossless)."""
+    return [base64.b64encode(f).decode() for f in encode_files(images, "PNG")]
+
+
+def encode_files(images: np.ndarray, fmt: str = "PNG", **save: object) -> list[bytes]:
+    """float (B, 3, H, W) in [0, 1] or uint8 -> one PNG or JPEG file per image (`save`: PIL's
+    options, e.g. quality=75 for JPEG)."""
     arr = images if images.dtype == np.uint8 else to_uint8_hwc(images)
     if arr.shape[-1] != 3:
         arr = arr.transpose(0, 2, 3, 1)
     out = []
     for a in arr:
         buf = io.BytesIO()
-        Image.fromarray(a).save(buf, format="PNG")
-        out.append(base64.b64encode(buf.getvalue()).decode())
+        Image.fromarray(a).save(buf, format=fmt, **save)
+        out.append(buf.getvalue())
     return out

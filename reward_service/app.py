@@ -14,6 +14,7 @@ from lasro_common.service import ServiceState, create_service_app
 from lasro_diffusion.loading import MODEL_LOAD_LOCK
 
 from . import __version__
+from .flow_grpo import FLOW_GRPO_OPENAPI, handle_flow_grpo
 from .grad import GRAD_OPENAPI, handle_grad
 from .rewards import Reward, build
 from .rewards.remote import RemoteReward
@@ -41,7 +42,8 @@ class RewardState(ServiceState):
         token = s.remote_token.get_secret_value() if s.remote_token else None
         for item in s.remote:
             name, _, url = item.partition("=")
-            rewards.append(RemoteReward(name, url, token=token, timeout=s.request_timeout_s))
+            rewards.append(RemoteReward.configured(name, url, s.reward_options.get(name), token=token,
+                                                   timeout=s.request_timeout_s))
         for r in rewards:
             with MODEL_LOAD_LOCK:  # every reward, third-party ones too: one model load at a time
                 r.setup(s.device)
@@ -50,6 +52,8 @@ class RewardState(ServiceState):
                 make_batch_fn(r), max_batch_size=s.batch_max_size, max_wait_ms=s.batch_max_wait_ms,
                 max_queue=s.max_queue, enabled=s.batching, on_batch=self.metrics.observe_batch(r.name),
                 name=f"reward-{r.name}")
+        if s.flow_grpo_route and s.flow_grpo_reward and s.flow_grpo_reward not in self.rewards:
+            raise ValueError(f"flow_grpo_reward {s.flow_grpo_reward!r} is not loaded; loaded: {sorted(self.rewards)}")
         log.info("rewards ready: %s", ", ".join(self.rewards))
 
     def close(self) -> None:
@@ -85,5 +89,12 @@ def create_app(settings: RewardSettings | None = None, rewards: list[Reward] | N
               openapi_extra=GRAD_OPENAPI, responses=ERRORS, dependencies=auth, response_class=Response)
     async def grad_images(request: Request) -> Response:
         return await handle_grad(request, state)
+
+    if settings.flow_grpo_route:  # off by default: docs/api.md says why
+        @app.post(settings.flow_grpo_route, tags=["flow_grpo"], response_class=Response, responses=ERRORS,
+                  summary="flow_grpo / ddpo-pytorch reward-server format: pickled dict in, pickled scores out.",
+                  openapi_extra=FLOW_GRPO_OPENAPI, dependencies=auth)
+        async def flow_grpo(request: Request) -> Response:
+            return await handle_flow_grpo(request, state)
 
     return app

@@ -28,13 +28,15 @@ class ScoreResult:
     raw: dict[str, Any]
 
 
-def _body(images: Any, prompts: list[str] | None, reward: RewardSpec, as_json: bool) -> dict[str, Any]:
-    """images: (B, 3, H, W) uint8 or float32 in [0, 1], numpy or torch."""
+def _body(images: Any, prompts: list[str] | None, reward: RewardSpec, as_json: bool,
+          metadata: list[dict] | None = None) -> dict[str, Any]:
+    """images: (B, 3, H, W) uint8 or float32 in [0, 1], numpy or torch; metadata: B dicts."""
+    fields = {"prompts": prompts, "reward": reward, "metadata": metadata}
     if as_json:
         arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-        payload: dict[str, Any] = {"images": encode_png_b64(arr), "prompts": prompts, "reward": reward}
+        payload: dict[str, Any] = {"images": encode_png_b64(arr), **fields}
         return {"json": {k: v for k, v in payload.items() if v is not None}}
-    meta = {k: v for k, v in {"prompts": prompts, "reward": reward}.items() if v is not None}
+    meta = {k: v for k, v in fields.items() if v is not None}
     return {"content": codec.encode({"images": images}, meta), "headers": {"Content-Type": SAFETENSORS_MEDIA_TYPE}}
 
 
@@ -62,9 +64,10 @@ def _result(data: dict[str, Any]) -> ScoreResult:
 
 class RewardClient(SyncClient):
     def score(self, images: Any, prompts: list[str] | None = None, reward: RewardSpec = None,
-              *, as_json: bool = False) -> ScoreResult:
-        """Score images; `as_json` sends base64 PNGs instead of a safetensors body (lossy for float)."""
-        return _result(self.request("POST", "/score", **_body(images, prompts, reward, as_json)).json())
+              *, as_json: bool = False, metadata: list[dict] | None = None) -> ScoreResult:
+        """Score images; `as_json` sends base64 PNGs instead of a safetensors body (lossy for float);
+        `metadata`: one dict per image for rewards that read per-sample metadata."""
+        return _result(self.request("POST", "/score", **_body(images, prompts, reward, as_json, metadata)).json())
 
     def grad(self, images: Any, prompts: list[str] | None = None, reward: RewardSpec = None) -> GradResult:
         """Scores and d(score)/d(images) of a differentiable reward (POST /grad): images float in
@@ -80,8 +83,9 @@ class RewardClient(SyncClient):
 
 class AsyncRewardClient(AsyncClient):
     async def score(self, images: Any, prompts: list[str] | None = None, reward: RewardSpec = None,
-                    *, as_json: bool = False) -> ScoreResult:
-        return _result((await self.request("POST", "/score", **_body(images, prompts, reward, as_json))).json())
+                    *, as_json: bool = False, metadata: list[dict] | None = None) -> ScoreResult:
+        return _result((await self.request("POST", "/score",
+                                           **_body(images, prompts, reward, as_json, metadata))).json())
 
     async def grad(self, images: Any, prompts: list[str] | None = None, reward: RewardSpec = None) -> GradResult:
         return _grad_result((await self.request("POST", "/grad", **_grad_body(images, prompts, reward))).content)

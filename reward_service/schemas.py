@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -12,6 +14,9 @@ class ScoreJSON(BaseModel):
     prompts: list[str] | None = Field(None, description="One prompt per image; empty strings if omitted.")
     reward: str | dict[str, float] | None = Field(
         None, description="A reward name, or {name: weight} for a weighted sum. Defaults to the first loaded reward.")
+    metadata: list[dict[str, Any] | None] | None = Field(
+        None, description="One object per image (GenEval-style per-sample metadata), passed to rewards whose "
+                          "score takes `metadata`; ignored by the others.")
 
 
 class ScoreResponse(BaseModel):
@@ -30,6 +35,7 @@ class RewardInfo(BaseModel):
     input_size: list[int] | None = Field(None, description="(H, W) the reward works at; None = any size.")
     value_range: list[float | None]
     version: str
+    metadata: bool = Field(False, description="Whether the reward reads per-sample metadata.")
 
 
 SCORE_OPENAPI = {
@@ -40,7 +46,8 @@ SCORE_OPENAPI = {
             "application/x-safetensors": {"schema": {
                 "type": "string", "format": "binary",
                 "description": "safetensors with 'images' (B, 3, H, W) uint8 or float32 in [0, 1]; "
-                               "__metadata__ 'prompts' (JSON list) and 'reward' (name or JSON object)."}},
+                               "__metadata__ 'prompts' (JSON list), 'reward' (name or JSON object) and "
+                               "'metadata' (JSON list of B objects)."}},
         },
     }
 }

@@ -34,6 +34,7 @@ from lasro_common.images import ImagePlan, check_images, plan_b64_images, to_flo
 from lasro_common.limits import check_prompts, ledger_of, read_body
 
 from .rewards import Reward
+from .rewards.base import takes_metadata
 
 # Merging requests copies their images into one batch; beyond this many bytes the copy would cost
 # more memory than batching saves time (large images keep a model busy on their own).
@@ -48,6 +49,7 @@ class ScoreRequest:
     images: np.ndarray  # (B, 3, H, W) float32 in [0, 1]
     prompts: list[str]
     weights: dict[str, float]  # reward name -> weight
+    metadata: list[dict] | None = None  # B per-sample dicts (GenEval-style rewards), if sent
 
 
 def parse_reward_spec(spec: Any, known: dict[str, Reward], default: str | None) -> dict[str, float]:
@@ -76,6 +78,18 @@ def _prompts(value: Any, b: int) -> list[str]:
     return value
 
 
+def check_metadata(value: Any, b: int) -> list[dict] | None:
+    """Per-sample metadata: None, or B objects (null counts as {}) for rewards whose `score`
+    takes `metadata` (reward_service/rewards/base.py)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(m is None or isinstance(m, dict) for m in value):
+        raise InvalidInput("'metadata' must be a list of objects, one per image")
+    if len(value) != b:
+        raise InvalidInput(f"{len(value)} metadata entries for a batch of {b} images", code="batch_mismatch")
+    return [m or {} for m in value]
+
+
 @dataclass
 class ScorePlan:
     """A checked request whose images are not decoded yet; `decoded_bytes` is what decoding costs."""
@@ -84,10 +98,11 @@ class ScorePlan:
     prompts: list[str]
     weights: dict[str, float]
     decoded_bytes: int
+    metadata: list[dict] | None = None
 
     def decode(self) -> ScoreRequest:
         images = self.images.decode() if isinstance(self.images, ImagePlan) else to_float_images(self.images)
-        return ScoreRequest(images, self.prompts, self.weights)
+        return ScoreRequest(images, self.prompts, self.weights, self.metadata)
 
 
 def _json_body(body: bytearray) -> Any:
@@ -126,7 +141,7 @@ def plan_request(content_type: str, body: bytearray, known: dict[str, Reward], d
     prompts = _prompts(meta.get("prompts"), b)
     if max_prompt_chars is not None:
         check_prompts(prompts, max_prompt_chars)
-    return ScorePlan(images, prompts, weights, cost)
+    return ScorePlan(images, prompts, weights, cost, check_metadata(meta.get("metadata"), b))
 
 
 def parse_request(content_type: str, body: bytearray, known: dict[str, Reward], default: str | None,
@@ -136,18 +151,24 @@ def parse_request(content_type: str, body: bytearray, known: dict[str, Reward], 
 
 
 async def read_request(request: Any, state: Any, ctype: str,
-                       check: Callable[[ScorePlan], None] | None = None) -> ScoreRequest:
+                       check: Callable[[ScorePlan], None] | None = None, *,
+                       plan_fn: Callable[..., ScorePlan] = plan_request, default: str | None = None,
+                       parse_cost: int = 1) -> ScoreRequest:
     """The request's body -> a decoded ScoreRequest: memory reserved in the service's budget
-    first, parsing and decoding in worker threads. `check(plan)` may refuse it before decoding."""
+    first, parsing and decoding in worker threads. `check(plan)` may refuse it before decoding.
+    `plan_fn` reads another body format (flow_grpo.py), whose parsing holds `parse_cost` x the
+    body's size; `default` is the reward used when the request names none (else the first)."""
     s = state.settings
     body = await read_body(request)
     ledger = ledger_of(request.scope)
-    if ctype == "application/json":
-        await ledger.reserve(len(body), "parsing the JSON body")  # its strings: about the body again
+    if ctype == "application/json" or plan_fn is not plan_request:
+        # parsed strings / unpickled bytes: about the body again (per copy)
+        await ledger.reserve(parse_cost * len(body), "parsing the body")
     loop = asyncio.get_running_loop()
-    plan = await loop.run_in_executor(DECODERS, lambda: plan_request(
-        ctype, body, state.rewards, next(iter(state.rewards), None), max_batch=s.max_batch, max_side=s.max_side,
-        max_decoded_bytes=int(s.max_decoded_mb * 1024 * 1024), max_prompt_chars=s.max_prompt_chars))
+    plan = await loop.run_in_executor(DECODERS, lambda: plan_fn(
+        ctype, body, state.rewards, default or next(iter(state.rewards), None), max_batch=s.max_batch,
+        max_side=s.max_side, max_decoded_bytes=int(s.max_decoded_mb * 1024 * 1024),
+        max_prompt_chars=s.max_prompt_chars))
     if check is not None:
         check(plan)
     await ledger.reserve(plan.decoded_bytes, "decoding the images")
@@ -155,24 +176,30 @@ async def read_request(request: Any, state: Any, ctype: str,
 
 
 def make_batch_fn(reward: Reward):
-    """The model call one MicroBatcher makes: concatenate requests, score once, split back."""
+    """The model call one MicroBatcher makes: concatenate requests, score once, split back.
+    An item is (images, prompts) or (images, prompts, metadata); metadata reaches only rewards
+    whose `score` takes it, as B dicts ({} for a sample sent without)."""
+    with_metadata = takes_metadata(reward)
 
-    def call(images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    def call(images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:
+        kw = {"metadata": metadata} if with_metadata else {}
         with torch.inference_mode():
-            return torch.as_tensor(reward.score(torch.from_numpy(images), prompts)).detach().float().cpu().reshape(-1).numpy()
+            out = reward.score(torch.from_numpy(images), prompts, **kw)
+            return torch.as_tensor(out).detach().float().cpu().reshape(-1).numpy()
 
-    def run(items: list[tuple[np.ndarray, list[str]]]) -> list[np.ndarray]:
-        prompts = [p for _, ps in items for p in ps]
-        if len(items) == 1:
-            scores = call(items[0][0], prompts)
-        elif sum(i.nbytes for i, _ in items) > MERGE_COPY_LIMIT:  # big images: no merged copy, one call each
-            scores = np.concatenate([call(i, ps) for i, ps in items])
+    def run(items: list[tuple]) -> list[np.ndarray]:
+        parts = [(it[0], it[1], (it[2] if len(it) > 2 else None) or [{}] * len(it[1])) for it in items]
+        prompts = [p for _, ps, _ in parts for p in ps]
+        if len(parts) == 1:
+            scores = call(*parts[0])
+        elif sum(i.nbytes for i, _, _ in parts) > MERGE_COPY_LIMIT:  # big images: no merged copy, one call each
+            scores = np.concatenate([call(*p) for p in parts])
         else:
-            scores = call(np.concatenate([i for i, _ in items]), prompts)
+            scores = call(np.concatenate([i for i, _, _ in parts]), prompts, [m for _, _, ms in parts for m in ms])
         if scores.shape != (len(prompts),) or not np.isfinite(scores).all():
             raise WireError(code="reward_failed", status=500, message=f"reward {reward.name!r} returned {scores.shape} scores with non-finite "
                                f"values for {len(prompts)} images")
-        sizes = np.cumsum([len(ps) for _, ps in items])[:-1]
+        sizes = np.cumsum([len(ps) for _, ps, _ in parts])[:-1]
         return np.split(scores, sizes)
 
     return run
@@ -184,7 +211,7 @@ async def score(req: ScoreRequest, rewards: dict[str, Reward], batchers: dict[st
     b, h, w = req.images.shape[0], req.images.shape[2], req.images.shape[3]
     components = {}
     for name in req.weights:
-        out = await batchers[name].submit((req.images, req.prompts), size=b, key=(h, w))
+        out = await batchers[name].submit((req.images, req.prompts, req.metadata), size=b, key=(h, w))
         components[name] = out.tolist()
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
         total = sum(np.asarray(components[n], dtype=np.float64) * wt for n, wt in req.weights.items())

@@ -1,11 +1,15 @@
 """What a reward is: a class with `setup(device)` and `score(images, prompts) -> (B,)`.
 
 Images are float32 in [0, 1], shape (B, 3, H, W), as a torch.Tensor on the CPU; prompts are B
-strings. Heavy imports belong in `setup`, so listing rewards stays cheap.
+strings. Heavy imports belong in `setup`, so listing rewards stays cheap. A reward that needs
+per-sample metadata (GenEval-style: the objects, counts and colours a prompt asks for) declares
+`score(images, prompts, metadata)`: it then gets B dicts, as the request's `metadata` sent them
+({} for samples sent without).
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -31,4 +35,12 @@ class Reward(ABC):
         lo, hi = self.value_range
         return {"name": self.name, "description": self.description, "differentiable": self.differentiable,
                 "input_size": list(self.input_size) if self.input_size else None,
-                "value_range": [lo, hi], "version": self.version}
+                "value_range": [lo, hi], "version": self.version, "metadata": takes_metadata(self)}
+
+
+def takes_metadata(reward: Reward) -> bool:
+    """Whether `reward.score` takes per-sample `metadata` (a parameter of that name)."""
+    try:
+        return "metadata" in inspect.signature(reward.score).parameters
+    except (TypeError, ValueError):
+        return False
