@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import PROTOCOL_HEADER, PROTOCOL_VERSION, SAFETENSORS_MEDIA_TYPE, codec
+from .docs_pages import add_docs_routes
 from .errors import PayloadTooLarge, Unauthorized, UnsupportedMedia, WireError
 from .limits import LEDGER, Ledger, MemoryBudget, ReadTimeout, read_body
 
@@ -37,7 +38,9 @@ __all__ = ["ERROR_RESPONSES", "Metrics", "RequestTimeout", "ServiceSettings", "c
            "make_auth", "media_type", "metrics_route", "read_body", "read_tensors", "tensor_response"]
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+# Open on every service even with a token set: health, and the API's description (docs_pages.py)
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect",
+                        "/docs/assets/*"})
 
 
 class ServiceSettings(BaseSettings):
@@ -190,8 +193,9 @@ def create_base_app(*, title: str, version: str, settings: ServiceSettings, metr
                     ready: Callable[[], bool], description: str = "",
                     problem: Callable[[], str | None] = lambda: None) -> FastAPI:
     """A FastAPI app with the shared error handlers, middleware and health routes."""
-    # /docs (Swagger UI) and /openapi.json are the documented pages; ReDoc is not served.
-    app = FastAPI(title=title, version=version, description=description, redoc_url=None)
+    # /docs (Swagger UI) and /redoc, with their assets served by the service itself (docs_pages.py)
+    app = FastAPI(title=title, version=version, description=description, docs_url=None, redoc_url=None)
+    add_docs_routes(app)
     app.state.service_settings = settings  # the server options (lasro_common/protocol.py) read it
     app.state.memory_budget = MemoryBudget(int(settings.memory_budget_mb * 1024 * 1024),
                                            wait_s=settings.read_timeout_s)
