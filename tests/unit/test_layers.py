@@ -4,6 +4,7 @@
     floor 1  toyworld
     floor 2  reward_service, surrogate_service
     floor 3  trainer
+    floor 4  lasro (the console script: hands its flags to the programs below)
     (bench/, tools/ and tests/ stand on everything)
 
 A package imports only from lower floors (and itself); the trainer reaches the services through
@@ -18,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOORS = {"lasro_common": 0, "lasro_diffusion": 0, "toyworld": 1, "reward_service": 2,
-          "surrogate_service": 2, "trainer": 3}
+          "surrogate_service": 2, "trainer": 3, "lasro": 4}
 SERVICE_CLIENTS = {"reward_service.client", "surrogate_service.client"}
 
 
