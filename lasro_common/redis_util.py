@@ -5,7 +5,9 @@ a unix socket, with an append-only file fsynced on every write in its data folde
 to the process that started it:
 
 - it dies with it: stopped by `stop()` (a service's shutdown, SIGTERM), and on Linux killed by
-  the kernel when its owner dies in any other way (kill -9), via PR_SET_PDEATHSIG;
+  the kernel when its owner dies in any other way (kill -9, an exit that skips every cleanup),
+  via PR_SET_PDEATHSIG; a child whose owner died before that was armed (between fork and
+  prctl) sees a new parent and stops itself;
 - when it dies on its own, a supervisor thread restarts it in place: same folder, same socket,
   same append-only file, so clients reconnect to the same data. While it cannot be restarted,
   `problem` says why (a service's /readyz shows it) and restarts keep being attempted.
@@ -37,9 +39,18 @@ PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if _LIBC is not None:
+def die_with(parent: int):
+    """A `preexec_fn`: the child gets SIGTERM when the thread that forked it ends (its process
+    exiting or killed), and stops at once if `parent` already died before that was armed."""
+
+    def arm() -> None:  # runs in the child between fork and exec
+        if _LIBC is None:
+            return
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # orphaned before prctl: the kernel will never send the signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arm
 
 
 def redis_server_binary() -> str:
@@ -156,7 +167,7 @@ class EmbeddedRedis:
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd=str(self.folder),
                 # its own session: a Ctrl-C to the terminal's process group reaches the service, which
                 # checkpoints and acknowledges before it stops this server; PDEATHSIG covers the rest
-                preexec_fn=_die_with_parent, start_new_session=True)
+                preexec_fn=die_with(os.getpid()), start_new_session=True)
 
     def _wait_ready(self, proc: subprocess.Popen) -> str | None:
         """None once the server answers PING; otherwise why not."""

@@ -179,3 +179,60 @@ def test_private_redis_without_a_folder_restarts_on_the_same_data(tiny, tmp_path
     _produce(sock, 2, seed=4)
     wait_for(lambda: _status(url)["learner"]["groups_consumed"] == 4, 60, "groups after the restart")
     assert redis.Redis(unix_socket_path=sock).xlen("lasro:groups") == 4
+
+
+OWNER = """
+import os, signal, sys
+from lasro_common.redis_util import EmbeddedRedis
+server = EmbeddedRedis(sys.argv[1])
+server.start()
+print(server.pid, flush=True)
+how = sys.stdin.readline().strip()
+if how == "exit":
+    sys.exit(0)  # a normal exit that never calls server.stop() (no atexit hook for a bare EmbeddedRedis)
+if how == "_exit":
+    os._exit(0)  # no cleanup at all
+signal.pause()  # wait for kill -9
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "_exit", "kill-9"])
+def test_a_private_redis_goes_with_its_owner_however_it_ends(tmp_path, how):
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path / "redis")], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(owner.stdout.readline())
+        server = psutil.Process(pid)
+        assert "redis-server" in server.name() and Path(server.cwd()) == (tmp_path / "redis").resolve()
+        if how == "kill-9":
+            owner.kill()
+        else:
+            owner.stdin.write(how + "\n")
+            owner.stdin.flush()
+        owner.wait(30)
+        wait_for(lambda: not server.is_running() or server.status() == psutil.STATUS_ZOMBIE, 15,
+                 f"redis-server {pid} to stop with its owner ({how})")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        left = _redis_in(tmp_path / "redis")
+        if left is not None:
+            left.kill()
+
+
+def test_a_child_orphaned_before_the_death_signal_is_armed_stops_itself():
+    """The window between fork and prctl: a child whose parent is already gone would never get the
+    signal. `die_with` sees the parent changed and stops the child (here: a parent pid that is not
+    the real one, as after such an early death)."""
+    from lasro_common.redis_util import die_with
+
+    orphan = subprocess.Popen(["sleep", "30"], preexec_fn=die_with(os.getpid() + 10**6))
+    assert orphan.wait(10) == -signal.SIGKILL
+    kept = subprocess.Popen(["sleep", "30"], preexec_fn=die_with(os.getpid()))
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            kept.wait(0.5)  # the real parent: it runs (bounded wait on a process meant to live)
+    finally:
+        kept.kill()
+        kept.wait(10)
