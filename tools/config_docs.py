@@ -56,9 +56,11 @@ def render() -> str:
              "and an environment variable, and a flag wins over the variable. Booleans have a `--no-` form; "
              "list-valued flags repeat (`--reward a --reward b`); dict-valued flags and every list- or "
              "dict-valued variable take JSON, e.g. `REWARD_REWARDS='[\"jpeg_compressibility\"]'`. Bearer "
-             "tokens have no flag: a command line is visible to every user of the machine.\n")
-    return (HEAD + notes + section("Reward service", RewardSettings, "python -m reward_service", FLAG_NAMES)
-            + section("Surrogate service", SurrogateSettings, "python -m surrogate_service")
+             "tokens have no flag: a command line is visible to every user of the machine. The `lasro` console "
+             "script runs the same programs with the same flags: `lasro serve-reward`, `lasro serve-surrogate`, "
+             "`lasro train` (and every other `python -m trainer` command).\n")
+    return (HEAD + notes + section("Reward service", RewardSettings, "python -m reward_service` or `lasro serve-reward", FLAG_NAMES)
+            + section("Surrogate service", SurrogateSettings, "python -m surrogate_service` or `lasro serve-surrogate")
             + section("Trainer", TrainConfig, "python -m trainer {train,pretrain,evaluate,sample}"))
 
 
