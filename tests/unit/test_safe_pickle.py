@@ -3,6 +3,7 @@ before it runs (checked by a file the payload would create)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 
@@ -130,3 +131,25 @@ def test_dumps_sends_plain_data_only():
                                                                                        "only_strict": True}
     with pytest.raises(UnsafePickle):
         safe_pickle.dumps({"f": print})
+
+
+SAMPLES = [pickle.dumps(x, protocol=p) for p in (2, 4, 5) for x in (
+    {"images": [b"\xff\xd8" * 8], "prompts": np.array(["a", "bc"]), "meta_datas": [{"tag": "t"}], "only_strict": True},
+    np.arange(12, dtype=np.float32).reshape(3, 4), [np.float64(1.5), (1, None)])]
+
+
+def test_mutated_pickles_are_read_or_refused_never_crash():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.sampled_from(SAMPLES), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
+           st.integers(0, 10**6))
+    def check(blob, flips, cut):
+        data = bytearray(blob)
+        for at, value in flips:
+            data[at % len(data)] = value
+        with contextlib.suppress(MalformedBody):  # UnsafePickle is one: a 400 either way; anything else fails
+            safe_pickle.loads(bytes(data[: max(1, cut % (len(data) + 1))]))
+
+    check()
