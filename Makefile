@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 PIP_ARGS ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test test-fast lint demo bench clean toyworld toyworld-eval toyworld-smoke
+# Debian's Chromium, for the report's test in a real headless browser (tests/e2e/test_report.py,
+# driven by pip's playwright; playwright's own browser download is never used). Installed once.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install test test-fast lint demo bench clean toyworld toyworld-eval toyworld-smoke browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +21,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+browser:
+	@test -x $(CHROMIUM) || if command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "make browser: no apt-get here; install Chromium at $(CHROMIUM) for tests/e2e/test_report.py"; fi
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=15
 
@@ -27,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 demo: $(STAMP)
-	$(BIN)/python -m trainer demo --out runs/demo
+	$(BIN)/python -m trainer demo --config configs/demo.toml --out runs/demo
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.transport

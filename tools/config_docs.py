@@ -47,6 +47,44 @@ def section(title: str, cls: type[BaseSettings], cli: str, names: dict[str, str]
     return "\n".join(lines) + "\n"
 
 
+TRAINER_NOTES = """
+### Config files: `--config FILE`
+
+Every trainer command (`train`, `pretrain`, `baseline`, `evaluate`, `sample`, `export`, `demo`,
+`report`) takes `--config FILE`, a TOML (`.toml`) or YAML (`.yaml`, `.yml`) file whose keys are the
+command's flags with underscores (`n_noises = 8` for `--n-noises 8`; dashes work too). Precedence,
+highest first:
+
+1. a flag on the command line,
+2. a `TRAINER_*` environment variable,
+3. the config file,
+4. the defaults above (for `demo`: `configs/demo.toml`, under the file you pass).
+
+A key the command does not know stops it before any work, naming the key and the closest known
+one (`unknown key 'lrr' for `python -m trainer train` (did you mean 'lr'?)`); so does a value the
+settings refuse. `--help` after `--config FILE` shows the file's value beside each flag. Two tables
+configure the services `demo` starts, in their own settings' names (the tables above):
+`[reward_service]` and `[surrogate_service]`; their `REWARD_*` / `SURROGATE_*` variables win over
+them, and the ports, Redis, base model and checkpoint folder stay the demo's. Other commands check
+these tables and ignore them, so one file serves `demo` and `train` alike.
+`configs/demo.toml` holds the demo's settings; copy it to start your own:
+
+```bash
+python -m trainer demo --config configs/demo.toml --iterations 100   # the demo, 100 iterations
+python -m trainer train --config my-run.yaml --reward-url http://rewards:8100 --surrogate-url http://surrogate:8200
+```
+
+### Trackers: `--report-to`
+
+`--report-to tensorboard|wandb|all|none` (`TRAINER_REPORT_TO`; default `tensorboard`) picks
+accelerate's trackers for the run's metrics (`train/*` per iteration, `eval/*` per evaluation, with
+`queries` for a query axis) and evaluation grids: TensorBoard in `OUT/tb`, wandb in project
+`lasro` with the run named after `OUT` (files under `OUT/wandb` unless `WANDB_DIR` is set;
+`WANDB_MODE=offline` needs no network or account, `wandb sync` uploads later). Bearer tokens are
+masked. `metrics.jsonl` and `report.html` are written whatever the choice.
+"""
+
+
 def render() -> str:
     from reward_service.settings import FLAG_NAMES, RewardSettings
     from surrogate_service.settings import SurrogateSettings
@@ -61,7 +99,8 @@ def render() -> str:
              "`lasro train` (and every other `python -m trainer` command).\n")
     return (HEAD + notes + section("Reward service", RewardSettings, "python -m reward_service` or `lasro serve-reward", FLAG_NAMES)
             + section("Surrogate service", SurrogateSettings, "python -m surrogate_service` or `lasro serve-surrogate")
-            + section("Trainer", TrainConfig, "python -m trainer {train,pretrain,evaluate,sample}"))
+            + section("Trainer", TrainConfig, "python -m trainer {train,pretrain,baseline,evaluate,demo}")
+            + TRAINER_NOTES)
 
 
 if __name__ == "__main__":

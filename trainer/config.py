@@ -80,6 +80,7 @@ class TrainConfig(BaseSettings):
     resume: str | None = Field(None, description="latest: resume from out/checkpoint if there is one; or a checkpoint folder to resume from.")
     seed: int = Field(0, description="Seed of prompts, noises and data.")
     progress: bool = Field(True, description="Show progress bars.")
+    report_to: str = Field("tensorboard", description="Trackers of the run's metrics and images (accelerate's): tensorboard (out/tb), wandb (WANDB_MODE=offline works without a network), all (both) or none; metrics.jsonl and report.html are written in any case.")
 
     @model_validator(mode="before")
     @classmethod
@@ -118,6 +119,8 @@ class TrainConfig(BaseSettings):
             raise ValueError(f"grad_source must be surrogate or true, got {self.grad_source!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.report_to not in ("tensorboard", "wandb", "all", "none"):
+            raise ValueError(f"report_to must be tensorboard, wandb, all or none, got {self.report_to!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.mixed_precision != "no" and self.device == "cpu":

@@ -4,6 +4,7 @@ Starts a private redis-server, the reward service and the surrogate service (rea
 real HTTP), pre-trains the surrogate, fine-tunes the toy LCM with LaSRO, and writes a report:
 runs/demo/report.html, runs/demo/summary.json, TensorBoard logs in runs/demo/train/tb, and the
 fine-tuned model (its best checkpoint) as a diffusers pipeline with a model card: runs/demo/model.
+The settings: configs/demo.toml, under flags and TRAINER_* / REWARD_* / SURROGATE_* variables.
 """
 
 from __future__ import annotations
@@ -25,15 +26,20 @@ import httpx
 from lasro_common import redis_util
 
 from .config import TrainConfig
+from .config_file import SECTIONS, merge, read_config, service_env, under_env
 from .export import export_run
 from .loop import train
 from .pretrain import pretrain
 
-# Demo-sized settings of the surrogate learner (see surrogate_service/settings.py for each).
-SURROGATE_ENV = {"SURROGATE_LR": "3e-4", "SURROGATE_UPDATES_PER_GROUP": "1", "SURROGATE_PUBLISH_EVERY": "5",
-                 "SURROGATE_EVAL_EVERY": "100",
-                 "SURROGATE_PAIRS_PER_UPDATE": "32", "SURROGATE_CHECKPOINT_EVERY_S": "30",
-                 "SURROGATE_HEAD_CHANNELS": "64", "SURROGATE_HOLDOUT_FRACTION": "0.1"}
+# The demo's settings: configs/demo.toml (trainer/demo.toml links to it, so an installed package
+# has it too). Top-level keys are TrainConfig fields; [reward_service] and [surrogate_service]
+# configure the services the demo starts.
+DEMO_CONFIG = Path(__file__).with_name("demo.toml")
+_DEMO = read_config(DEMO_CONFIG)
+DEMO_DEFAULTS: dict = {k: v for k, v in _DEMO.items() if k not in SECTIONS}
+SURROGATE_ENV = service_env("surrogate_service", _DEMO.get("surrogate_service", {}))
+SERVICE_SETS = {"reward_service": ("port",),  # the demo's own: free ports, its Redis, its folders
+                "surrogate_service": ("port", "redis_url", "base_model", "checkpoint_dir")}
 
 
 def _free_port() -> int:
@@ -69,29 +75,42 @@ def service(args: list[str], url: str, log_path: Path, env: dict[str, str], time
                 proc.kill()
 
 
-def demo(out: Path, reward: str = "toy_attribute_binding", overrides: dict | None = None) -> dict:
+def demo(out: Path, reward: str | None = "toy_attribute_binding", overrides: dict | None = None,
+         services: dict | None = None) -> dict:
+    """`overrides`: TrainConfig values over DEMO_DEFAULTS; `services`: [reward_service] and
+    [surrogate_service] values over the demo's. TRAINER_*, REWARD_* and SURROGATE_* variables
+    win over DEMO_DEFAULTS and the service tables."""
     t0 = time.perf_counter()
+    tables = merge({s: _DEMO.get(s, {}) for s in SECTIONS}, services or {})
+    for section, keys in SERVICE_SETS.items():
+        if given := [k for k in keys if k in tables.get(section, {})]:
+            raise ValueError(f"[{section}] {', '.join(given)}: set by the demo itself")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     redis_url = redis_util.embedded_redis_url(out / "redis")
     threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     rport, sport = _free_port(), _free_port()
-    cfg = TrainConfig(**{"reward_url": f"http://127.0.0.1:{rport}", "surrogate_url": f"http://127.0.0.1:{sport}",
-                         "redis_url": redis_url, "reward": reward, "out": out / "train",
-                         **DEMO_DEFAULTS, **(overrides or {})})  # validated before anything starts
-    with service(["reward_service", "--port", str(rport), "--reward", "toy_attribute_binding",
-                  "--reward", "jpeg_compressibility"], cfg.reward_url, out / "logs/reward.log", threads), \
+    cfg = TrainConfig(**{**under_env(DEMO_DEFAULTS, "TRAINER_"), **(overrides or {}),
+                         **({"reward": reward} if reward else {}), "out": out / "train",
+                         "reward_url": f"http://127.0.0.1:{rport}", "surrogate_url": f"http://127.0.0.1:{sport}",
+                         "redis_url": redis_url})  # validated before anything starts
+    reward_values = under_env(tables.get("reward_service", {}), "REWARD_")
+    surrogate_values = under_env(tables.get("surrogate_service", {}), "SURROGATE_")
+    _record_services(out / "train" / "services.json", reward_values, surrogate_values, rport, sport, redis_url,
+                     cfg.base_model, out / "surrogate")  # validated too: the settings each service will read
+    with service(["reward_service", "--port", str(rport)], cfg.reward_url, out / "logs/reward.log",
+                 {**threads, **service_env("reward_service", reward_values)}), \
          service(["surrogate_service", "--port", str(sport), "--redis-url", redis_url, "--base-model", cfg.base_model,
                   "--checkpoint-dir", str(out / "surrogate")], cfg.surrogate_url,
-                 out / "logs/surrogate.log", {**threads, **SURROGATE_ENV}):
+                 out / "logs/surrogate.log", {**threads, **service_env("surrogate_service", surrogate_values)}):
         pre = pretrain(cfg)
         summary = train(cfg)
     # the fine-tuned toy model at out/model (the run wrote train/model; the card's paths say where it is)
     model = export_run(out / "train", out / "model")
     shutil.rmtree(out / "train" / "model", ignore_errors=True)
     card = json.loads((model / "lasro.json").read_text())["checkpoint"]
-    summary = {"reward": reward, "before": summary["before"], "after": summary["after"],
+    summary = {"reward": cfg.reward, "before": summary["before"], "after": summary["after"],
                "before_std": summary["before_std"], "after_std": summary["after_std"],
                "tracking": summary["tracking"],
                "queries": summary["queries"] + pre["queries"], "queries_pretrain": pre["queries"],
@@ -104,9 +123,16 @@ def demo(out: Path, reward: str = "toy_attribute_binding", overrides: dict | Non
     return summary
 
 
-# Demo-sized LaSRO settings, chosen from the runs recorded in docs/demo.md: a slow generator
-# (lr) held by a strong regulariser (c), and samples streamed to the learner only as fast as it
-# can train on them (adapt_every), since a stale surrogate is what gets hacked.
-DEMO_DEFAULTS: dict = {"iterations": 400, "prompts_per_iter": 4, "n_noises": 8, "lr": 5e-5, "c": 100.0,
-                       "regularizer": "anchor", "adapt_every": 2, "eval_every": 50, "eval_seeds": 4,
-                       "checkpoint_every": 100, "pretrain_groups": 2048, "pretrain_accuracy": 0.85}
+def _record_services(path: Path, reward_values: dict, surrogate_values: dict, rport: int, sport: int,
+                     redis_url: str, base_model: str, checkpoint_dir: Path) -> None:
+    """The full settings of both services, as each will read them (this process's environment, the
+    demo's tables and flags): validated before anything starts, and shown in the report."""
+    from reward_service.settings import RewardSettings
+    from surrogate_service.settings import SurrogateSettings
+
+    rs = RewardSettings(**reward_values, port=rport)
+    ss = SurrogateSettings(**surrogate_values, port=sport, redis_url=redis_url, base_model=base_model,
+                           checkpoint_dir=checkpoint_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)  # secrets are dumped masked
+    path.write_text(json.dumps({"reward_service": rs.model_dump(mode="json"),
+                                "surrogate_service": ss.model_dump(mode="json")}, indent=2))

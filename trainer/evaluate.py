@@ -23,6 +23,7 @@ class EvalResult:
     images: dict[str, torch.Tensor]  # "1step"/"2step" -> (P·S, 3, H, W)
     prompts: list[str]
     queries: int
+    learner_accuracy: float | None = None  # the learner's own held-out pair accuracy (surrogate /status)
 
     def summary(self) -> dict[str, float]:
         out = {}
@@ -32,6 +33,8 @@ class EvalResult:
         for k, v in (self.surrogate or {}).items():
             out[f"surrogate_{k}"] = float(v.mean())
             out[f"tracking_{k}"] = tracking(v, self.true[k], len(self.prompts))
+        if self.learner_accuracy is not None:
+            out["learner_accuracy"] = self.learner_accuracy
         return out
 
 
@@ -74,7 +77,8 @@ def evaluate(model: FewStepModel, prompts: list[str], seeds: int, rewards: Rewar
     images = {k: model.decode(v) for k, v in z.items()}
     spec = reward_spec(reward)
     true = {k: rewards.score(images[k], reps, reward=spec).scores for k in z}
-    sur = None
+    sur, learner_accuracy = None, None
     if surrogate is not None:
         sur = {k: surrogate.score(z[k].cpu(), reps, head=h)[0].numpy() for h, k in ((1, "1step"), (2, "2step"))}
-    return EvalResult(true, sur, images, prompts, queries=2 * len(reps))
+        learner_accuracy = (surrogate.status().get("learner") or {}).get("heldout_pair_accuracy")
+    return EvalResult(true, sur, images, prompts, queries=2 * len(reps), learner_accuracy=learner_accuracy)

@@ -56,7 +56,7 @@ def pretrain(cfg: TrainConfig, model: FewStepModel | None = None) -> dict:
     start = int((surrogate.status().get("learner") or {}).get("groups_consumed", 0))
     chunk = max(2 * cfg.prompts_per_iter, cfg.pretrain_groups // 8)  # groups between accuracy checks
     bar = tqdm(total=cfg.pretrain_groups, desc="pretrain", disable=not cfg.progress)
-    submitted = 0
+    submitted, history = 0, []  # [queries, held-out pair accuracy] at each check
     while submitted < cfg.pretrain_groups:  # count what is in flight too, so the budget holds
         target = min(cfg.pretrain_groups, submitted + chunk)
         while submitted < target:
@@ -70,26 +70,31 @@ def pretrain(cfg: TrainConfig, model: FewStepModel | None = None) -> dict:
         # the learner's latest, so a surrogate that is already good enough stops the budget early.
         status = surrogate.status()
         acc, n_heldout = _accuracy(status)
+        history.append([labeler.queries, acc])
         bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", heldout=n_heldout, v=status.get("version"))
         if acc is not None and acc >= cfg.pretrain_accuracy and n_heldout >= 8:
             break
     labeler.drain()
     status = wait_trained(surrogate, start + submitted, timeout=cfg.pretrain_timeout_s)  # train off what was sent
     acc, n_heldout = _accuracy(status)
+    history.append([labeler.queries, acc])
     bar.close()
     labeler.close()
     result = {"groups": labeler.groups, "queries": labeler.queries, "heldout_pair_accuracy": acc,
-              "heldout_groups": n_heldout, "surrogate_version": status.get("version")}
+              "heldout_groups": n_heldout, "surrogate_version": status.get("version"), "history": history}
     log.info("pretrain: %s", result)
     _record(cfg.out / "pretrain.json", result)  # the exported model's card counts these queries too
     return result
 
 
 def _record(path, result: dict) -> None:
-    """Add this pre-training's queries and groups to the run's record (a restart may pre-train again)."""
+    """Add this pre-training's queries and groups to the run's record (a restart may pre-train again);
+    `history`: [true-reward queries so far, the learner's held-out pair accuracy] (the report's
+    accuracy plot)."""
     import json
 
     old = json.loads(path.read_text()) if path.is_file() else {"queries": 0, "groups": 0}
+    history = old.get("history", []) + [[old["queries"] + q, a] for q, a in result["history"]]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**result, "queries": old["queries"] + result["queries"],
-                                "groups": old["groups"] + result["groups"]}, indent=2))
+                                "groups": old["groups"] + result["groups"], "history": history}, indent=2))

@@ -1,11 +1,10 @@
-"""What a run leaves behind: TensorBoard logs, metrics.jsonl, image grids and report.html
-(true vs surrogate reward curves for 1- and 2-step outputs, before/after grids on the same
-seeds, the config, and the true-reward queries spent)."""
+"""What a run leaves behind: metrics.jsonl, the --report-to trackers' logs (TensorBoard in out/tb,
+wandb), per-evaluation records and thumbnails (out/evals), image grids, and report.html
+(trainer/report_page.py: true reward against true-reward queries, surrogate accuracy,
+before/after pairs on the same seeds, a per-prompt table, the config of every part)."""
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -37,15 +36,19 @@ def save_grid(images: torch.Tensor, path: Path, captions: list[str] | None = Non
 
 
 class RunLog:
+    """What the main process records while a run trains: metrics.jsonl (the report's source), the
+    trackers of --report-to, and per evaluation evals/itNNNNN.json (each held-out sample's true
+    and surrogate reward) with a thumbnail of each prompt's first seed (evals/itNNNNN_Kstep.png)."""
+
     def __init__(self, out: Path, config: Any):
-        from torch.utils.tensorboard import SummaryWriter
+        from .trackers import Trackers
 
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(out / "tb"))
         self.metrics = (out / "metrics.jsonl").open("a")
         self.config = json.loads(config.model_dump_json()) if hasattr(config, "model_dump_json") else dict(config)
         (out / "config.json").write_text(json.dumps(self.config, indent=2))
+        self.trackers = Trackers(self.config.get("report_to", "tensorboard"), out, self.config)
         # the newest evaluation, also of an earlier process of a resumed run (a run resumed after
         # its last iteration evaluates nothing more, and its summary still needs an "after")
         evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"kind": "eval"' in x]
@@ -56,28 +59,58 @@ class RunLog:
         self.metrics.flush()
 
     def train(self, it: int, row: dict) -> None:
-        for k, v in row.items():
-            if k != "iteration":
-                self.writer.add_scalar(f"train/{k}", v, it)
+        self.trackers.log({f"train/{k}": v for k, v in row.items() if k != "iteration"}, it)
         self._write("train", row)
 
     def eval(self, it: int, summary: dict, ev) -> None:
-        for k, v in summary.items():
-            if k != "iteration" and v is not None:
-                self.writer.add_scalar(f"eval/{k}", v, it)
+        self.trackers.log({f"eval/{k}": v for k, v in summary.items() if k != "iteration"}, it)
         self._write("eval", summary)
         self.last_eval = summary
         reps = [p for p in ev.prompts for _ in range(len(ev.true["2step"]) // len(ev.prompts))]
         for k in ("1step", "2step"):
             n = min(32, len(reps))
             p = save_grid(ev.images[k][:n], self.out / "grids" / f"{k}_it{it:05d}.png", reps[:n], ev.true[k][:n])
-            self.writer.add_image(f"eval/{k}", np.asarray(Image.open(p)), it, dataformats="HWC")
+            self.trackers.log_image(f"eval/{k}", np.asarray(Image.open(p).convert("RGB")), it)
+        save_eval(self.out / "evals", it, summary.get("queries"), ev)
 
     def close(self, summary: dict) -> None:
-        self.writer.flush()
-        self.writer.close()
+        self.trackers.finish()
         self.metrics.close()
         write_report(self.out, summary, self.config)
+
+
+THUMB = 128  # largest side of the report's sample thumbnails
+
+
+def save_eval(folder: Path, it: int, queries: int | None, ev) -> Path:
+    """evals/itNNNNN.json: prompts, seeds, each sample's true (and surrogate) reward in the order
+    [p0 s0, p0 s1, ..., p1 s0, ...]; evals/itNNNNN_Kstep.png: each prompt's seed-0 sample, one
+    tile per prompt, `cols` to a row (the report's before/after pairs and per-prompt table)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = len(ev.true["2step"]) // len(ev.prompts)
+    atlas = {}
+    for k in ev.images:
+        first = ev.images[k][::seeds].clamp(0, 1)  # (P, 3, H, W): seed 0 of every prompt
+        side = first.shape[-1]
+        if side > THUMB:
+            first = torch.nn.functional.interpolate(first, size=(THUMB, THUMB), mode="area")
+        tile, cols = first.shape[-1], 16
+        rows = (len(first) + cols - 1) // cols
+        canvas = np.zeros((rows * tile, cols * tile, 3), dtype=np.uint8)
+        arr = (first.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        for i, a in enumerate(arr):
+            r, c = divmod(i, cols)
+            canvas[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = a
+        name = f"it{it:05d}_{k}.png"
+        Image.fromarray(canvas).save(folder / name)
+        atlas[k] = {"file": name, "tile": tile, "cols": cols}
+    record = {"iteration": it, "queries": queries, "prompts": list(ev.prompts), "seeds": seeds,
+              "true": {k: [float(x) for x in v] for k, v in ev.true.items()},
+              "surrogate": {k: [float(x) for x in v] for k, v in ev.surrogate.items()} if ev.surrogate else None,
+              "atlas": atlas}
+    path = folder / f"it{it:05d}.json"
+    path.write_text(json.dumps(record))
+    return path
 
 
 def _rows(out: Path) -> tuple[list[dict], list[dict]]:
@@ -123,30 +156,19 @@ def plot_curves(out: Path) -> Path:
     return path
 
 
-def _img(path: Path) -> str:
-    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+def write_report(out: Path, summary: dict | None = None, config: dict | None = None) -> Path:
+    """out/report.html for one run folder (trainer/report_page.py)."""
+    from .report_page import build
+
+    plot_curves(out)
+    return build([out], out / "report.html")
 
 
-def write_report(out: Path, summary: dict, config: dict) -> Path:
-    curves = plot_curves(out)
-    grids = sorted((out / "grids").glob("2step_it*.png"))
-    grids1 = sorted((out / "grids").glob("1step_it*.png"))
-    fmt = json.dumps(summary, indent=2)
-    parts = [f"<html><head><meta charset='utf-8'><title>LaSRO run: {html.escape(str(out))}</title>",
-             "<style>body{font-family:sans-serif;margin:2em} img{max-width:100%} td{padding:2px 8px}</style></head><body>",
-             f"<h1>LaSRO run <code>{html.escape(str(out))}</code></h1>",
-             f"<h2>Summary</h2><pre>{html.escape(fmt)}</pre>",
-             f"<h2>Reward curves</h2>{_img(curves)}"]
-    if grids:
-        parts += ["<h2>Two-step samples, same held-out prompts and seeds</h2>",
-                  f"<h3>before ({grids[0].stem})</h3>{_img(grids[0])}", f"<h3>after ({grids[-1].stem})</h3>{_img(grids[-1])}"]
-    if grids1:
-        parts += ["<h2>One-step samples</h2>", f"<h3>before</h3>{_img(grids1[0])}", f"<h3>after</h3>{_img(grids1[-1])}"]
-    parts.append("<h2>Config</h2><table>" + "".join(
-        f"<tr><td>{html.escape(k)}</td><td><code>{html.escape(str(v))}</code></td></tr>" for k, v in config.items())
-        + "</table></body></html>")
-    path = out / "report.html"
-    path.write_text("\n".join(parts))
-    return path
+def write_multi_report(runs: list[Path], path: Path) -> Path:
+    """One report over several run folders (seeds of one setting: mean and spread)."""
+    from .report_page import build
 
-
+    for run in runs:
+        if not (run / "metrics.jsonl").is_file():
+            raise ValueError(f"{run}: no metrics.jsonl (give the --out folder of a run; a demo's is DEMO/train)")
+    return build(list(runs), path)
