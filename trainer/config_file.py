@@ -118,7 +118,7 @@ def apply_config(parser: argparse.ArgumentParser, path: str | Path, config: dict
         if key in settings_fields and env_set(key, env_prefix):
             continue
         action = actions[key]
-        if isinstance(action, argparse._AppendAction):
+        if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
             value = [_convert(path, key, action, v) for v in (value if isinstance(value, list) else [value])]
         else:
             value = _convert(path, key, action, value)

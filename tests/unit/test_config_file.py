@@ -123,6 +123,13 @@ def test_commands_with_their_own_flags_take_them_from_the_file_too(tmp_path):
     args, _ = _configured_args(["baseline", "--config", str(path)])
     assert args.method == "dpo" and settings_from_args(TrainConfig, args).dpo_beta == 500.0
 
+    path = tmp_path / "r.toml"
+    path.write_text('runs = ["runs/a", "runs/b"]\nout = "seeds.html"\n')
+    args, _ = _configured_args(["report", "--config", str(path)])
+    assert (args.runs, args.out) == ([Path("runs/a"), Path("runs/b")], Path("seeds.html"))
+    args, _ = _configured_args(["report", "--config", str(path), "runs/c"])
+    assert args.runs == [Path("runs/c")]
+
     path = tmp_path / "e.toml"
     path.write_text("no_surrogate = true\neval_seeds = 3\n")
     args, _ = _configured_args(["evaluate", "--config", str(path)])
