@@ -72,6 +72,8 @@ def plan(method: str, scale: dict) -> dict:
             p["surrogate_env"] = {"SURROGATE_BACKBONE": "cnn"}
         elif method == "lasro_2step_only":
             p["train"] = {"c1": 0.0}
+        elif method == "lasro_diff":  # the true reward has a gradient: measure R_psi's against it
+            p["train"] = {"grad_cosine": True}
         p["eval_every"] = max(1, its // scale["evals"])
         return p
     if method in ("rlcm", "dpo"):  # one query per scored 2-step sample
@@ -84,7 +86,12 @@ def plan(method: str, scale: dict) -> dict:
 
 
 def _key(p: dict) -> str:
-    return hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:12]
+    """A cell's settings: its plan, and the demo's trainer and learner defaults it runs on (a cell
+    cached under other defaults is stale)."""
+    from trainer.demo import DEMO_DEFAULTS, SURROGATE_ENV
+
+    every = {"plan": p, "trainer": DEMO_DEFAULTS, "surrogate": SURROGATE_ENV}
+    return hashlib.sha256(json.dumps(every, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @contextlib.contextmanager
@@ -136,11 +143,14 @@ def run_cell(method: str, seed: int, p: dict, work: Path) -> dict:
             pre_q = pretrain(cfg)["queries"]
             summary = train(cfg)
         elif p["kind"] == "refl":
-            cfg = TrainConfig(**{**base, **urls, "grad_source": "true", "redis_url": None})
+            cfg = TrainConfig(**{**base, **urls, "grad_source": "true", "redis_url": None, **p.get("train", {})})
             summary = train(cfg)
         else:
-            summary = train_baseline(TrainConfig(**{**base, **urls}), method)
+            summary = train_baseline(TrainConfig(**{**base, **urls, **p.get("train", {})}), method)
     evals = [json.loads(x) for x in (work / "train/metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    rows = [json.loads(x) for x in (work / "train/metrics.jsonl").read_text().splitlines()]
+    cosine = [[pre_q + int(r.get("queries", 0)), r["grad_cosine_1step"], r["grad_cosine_2step"]]
+              for r in rows if "grad_cosine_2step" in r]
     curve = [[pre_q + int(r.get("queries", 0)), r["true_2step"], r["true_1step"]] for r in evals]
     if pre_q:  # pre-training changes R_psi, not the model: the "before" point again, at its cost
         curve.insert(1, [pre_q, evals[0]["true_2step"], evals[0]["true_1step"]])
@@ -149,7 +159,7 @@ def run_cell(method: str, seed: int, p: dict, work: Path) -> dict:
             "queries_pretrain": pre_q, "wall_s": time.perf_counter() - t0,
             "before": summary["before"], "after": summary["after"],
             "before_std": summary["before_std"], "after_std": summary["after_std"], "curve": curve,
-            "settings": p, "key": _key(p), "grid_before": str(grids[0]) if grids else None,
+            "grad_cosine": cosine, "settings": p, "key": _key(p), "grid_before": str(grids[0]) if grids else None,
             "grid_after": str(grids[-1]) if grids else None}
 
 
@@ -176,9 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
     cells = RESULTS / "claims" / mode
     cells.mkdir(parents=True, exist_ok=True)
     if not a.docs_only:
-        for method in a.methods:
-            p = plan(method, scale)
-            for seed in seeds:
+        for seed in seeds:  # seed-major: an interrupted run has whole seeds, every method compared
+            for method in a.methods:
+                p = plan(method, scale)
                 path = cells / f"{method}-s{seed}.json"
                 if path.exists() and json.loads(path.read_text()).get("key") == _key(p):
                     print(f"[claims] {method} seed {seed}: cached ({path})")

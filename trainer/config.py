@@ -63,6 +63,7 @@ class TrainConfig(BaseSettings):
     adapt: bool = Field(True, description="Online adaptation: stream freshly scored samples to the surrogate learner while fine-tuning; --no-adapt freezes R_psi after pre-training (the paper's fixed-surrogate ablation).")
     exploration: str = Field("off_policy", description="off_policy: N_s different initial noises per prompt (LaSRO); on_policy: a prompt's N_s samples share one z_T and differ only in the renoising noise (ablation).")
     grad_source: str = Field("surrogate", description="surrogate: dR/dz from R_psi (LaSRO); true: the true reward's own gradient through the VAE decoder, from the reward service's POST /grad (the ReFL/DRaFT oracle; needs a differentiable reward).")
+    grad_cosine: bool = Field(False, description="Diagnostic (needs a differentiable true reward): at every evaluation, also fetch the true reward's gradient for that iteration's z1 and z2 and log its cosine with R_psi's (grad_cosine_1step/2step in metrics.jsonl); these queries count as evaluation queries, not training ones.")
     eval_every: int = Field(25, ge=1, description="Evaluate on held-out prompts every M iterations.")
     checkpoint_every: int = Field(50, ge=1, description="Write the last checkpoint (out/checkpoint) every this many iterations.")
     keep_all: bool = Field(False, description="Also keep every --checkpoint-every checkpoint as out/checkpoint-N (always kept: best and last).")

@@ -71,6 +71,17 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
         g.copy_(synced)
 
 
+def grad_cosines(model: FewStepModel, rewards: RewardClient, reward: str, s, reps: list[str],
+                 g1: torch.Tensor, g2: torch.Tensor) -> dict[str, float]:
+    """Mean per-sample cosine of R_psi's dR/dz with the true reward's d r(decode(z))/dz, for z1
+    and z2 (the --grad-cosine diagnostic; the true reward must be differentiable)."""
+    out = {}
+    for k, z, g in (("1step", s.z1, g1), ("2step", s.z2, g2)):
+        true = true_reward_grad(model, rewards, reward, z.detach(), reps).grad.float().cpu().flatten(1)
+        out[f"grad_cosine_{k}"] = float(torch.nn.functional.cosine_similarity(g.float().cpu().flatten(1), true).mean())
+    return out
+
+
 def train(cfg: TrainConfig) -> dict:
     from accelerate import Accelerator
 
@@ -176,6 +187,10 @@ def train(cfg: TrainConfig) -> dict:
             t_wait = time.perf_counter()
             r1, r2 = f1.result(), f2.result()
             state["blocked_s"] += time.perf_counter() - t_wait
+            cosines = {}
+            if cfg.grad_cosine and cfg.grad_source == "surrogate" and main and it % cfg.eval_every == 0:
+                cosines = grad_cosines(model, rewards, cfg.reward, s, reps, r1.grad, r2.grad)
+                state["eval_queries"] += 2 * len(reps)
             g1 = norm1(r1.grad.to(model.device, s.z1.dtype))  # S(g1) (B, C, h, w)
             g2 = norm2(r2.grad.to(model.device, s.z2.dtype))  # S(g2)
 
@@ -205,7 +220,8 @@ def train(cfg: TrainConfig) -> dict:
             row = {"iteration": it + 1, "loss": loss.item(), "l_reg": l_reg.item(), "l_r1": l_r1.item(),
                    "l_r2": l_r2.item(), "surrogate_1step_train": float(r1.scores.mean()),
                    "surrogate_2step_train": float(r2.scores.mean()), "surrogate_version": r2.version if cfg.grad_source == "surrogate" else -1,
-                   "grad_norm": float(grad_norm), "lr": lr, "queries": spent(), "groups": labeler.groups}
+                   "grad_norm": float(grad_norm), "lr": lr, "queries": spent(), "groups": labeler.groups,
+                   **cosines}
             if main:
                 run.train(it + 1, row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", v=r2.version, q=spent())

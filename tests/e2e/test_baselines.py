@@ -120,3 +120,20 @@ def test_resuming_a_finished_run_reports_its_last_evaluation(services, tmp_path)
     first = train(cfg)
     again = train(cfg.model_copy(update={"resume": "latest"}))
     assert again["after"] == first["after"] and again["iterations"] == first["iterations"]
+
+
+def test_grad_cosine_measures_the_surrogate_against_the_true_gradient(services, tmp_path) -> None:
+    """--grad-cosine (the claims benchmark's lasro_diff diagnostic): at each evaluation the true
+    reward's gradient of that iteration's z1 and z2 is fetched and compared with R_psi's; those
+    queries are measurement (evaluation queries), not training spend."""
+    from trainer.loop import train
+
+    out = tmp_path / "cosine"
+    plain = train(_cfg(services, tmp_path / "plain", adapt=False, eval_every=1))
+    summary = train(_cfg(services, out, adapt=False, grad_cosine=True, eval_every=1))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    cos = [r["grad_cosine_2step"] for r in rows if "grad_cosine_2step" in r]
+    assert len(cos) == 2 and all(-1.0 <= c <= 1.0 for c in cos)  # iterations 0 and 1 (eval_every 1)
+    assert all(-1.0 <= r["grad_cosine_1step"] <= 1.0 for r in rows if "grad_cosine_1step" in r)
+    assert summary["queries"] == plain["queries"] == 0  # frozen surrogate: no training queries either way
+    assert summary["eval_queries"] > plain["eval_queries"]

@@ -8,7 +8,8 @@
     (bench/, tools/ and tests/ stand on everything)
 
 A package imports only from lower floors (and itself); the trainer reaches the services through
-their clients only; and no chain of imports, top-level or inside a function, comes back to
+their clients only (and reads their settings schemas: the demo validates and records the settings
+it starts each service with); and no chain of imports, top-level or inside a function, comes back to
 where it started.
 """
 
@@ -20,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FLOORS = {"lasro_common": 0, "lasro_diffusion": 0, "toyworld": 1, "reward_service": 2,
           "surrogate_service": 2, "trainer": 3, "lasro": 4}
-SERVICE_CLIENTS = {"reward_service.client", "surrogate_service.client"}
+SERVICE_CLIENTS = {"reward_service.client", "surrogate_service.client",
+                   "reward_service.settings", "surrogate_service.settings"}
 
 
 def _module_name(path: Path) -> str:
