@@ -48,11 +48,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--scale", default="sweep", choices=list(SCALES_SWEEP))
     ap.add_argument("--work", default="runs/sweep")
+    ap.add_argument("--table-only", action="store_true", help="only print and write the table of the cached cells")
     a = ap.parse_args(argv)
     scale = SCALES_SWEEP[a.scale]
     cells = RESULTS / "sweep" / a.scale
     cells.mkdir(parents=True, exist_ok=True)
-    for variant in a.variants:
+    for variant in [] if a.table_only else a.variants:
         for method in a.methods:
             p = plan(method, scale)
             p["train"] = {**p.get("train", {}), **VARIANTS[variant]}
