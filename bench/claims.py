@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
                 tmp.write_text(json.dumps(cell, indent=2))
                 os.replace(tmp, path)  # a cell is cached only once complete
     runs = collect(mode, a.methods, seeds, scale, cells)
-    result = {"budget_queries": scale["budget"], "mode": mode, "runs": runs}
+    result = {"budget_queries": scale["budget"], "mode": mode, "cells_planned": len(a.methods) * len(seeds),
+              "runs": runs}
     name = "claims" if mode == "full" else "claims_quick"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))

@@ -118,6 +118,9 @@ def write_docs(result: dict, md: Path, img_dir: Path) -> Path:
              f"(**{result['budget_queries']:,} queries**, pre-training included; evaluation queries not counted),",
              f"the toy world's 2-step LCM, 48 held-out captions × {result['runs'][0]['settings']['eval_seeds']} fixed "
              "seeds, mean ± std over seeds.", "",
+             *([f"**Partial run: {len(result['runs'])} of {result['cells_planned']} cells** are finished (the run "
+                "is resumable and goes on where it stopped); rows with fewer than 3 seeds are not yet comparisons.",
+                ""] if len(result["runs"]) < result.get("cells_planned", 0) else []),
              "| method | what | reward | seeds | 2-step before → after | gain | 1-step after | gain | queries | wall (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
