@@ -63,7 +63,7 @@ def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return _data(buf.getvalue())
 
@@ -111,7 +111,7 @@ def reward_plot(runs: list[Run]) -> str:
         ax.set_title(f"held-out true reward, {k[0]}-step samples")
         ax.set_xlabel("true-reward queries (pre-training + fine-tuning; evaluation not counted)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: never over the data
     fig.tight_layout()
     return _png(fig)
 
@@ -145,7 +145,7 @@ def accuracy_plot(runs: list[Run]) -> str | None:
     ax.set_title("surrogate pair accuracy: does R_psi order same-prompt samples like the true reward?")
     ax.set_xlabel("true-reward queries (pre-training + fine-tuning)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: never over the data
     fig.tight_layout()
     return _png(fig)
 
