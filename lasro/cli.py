@@ -22,6 +22,7 @@ TRAINER = {  # python -m trainer COMMAND; any other command is handed to the tra
     "evaluate": "held-out true (and surrogate) reward of 1- and 2-step samples of a model",
     "sample": "images of a model, as the stock diffusers pipeline makes them",
     "baseline": "RLCM (policy gradient) or Diffusion-DPO at the same query budget",
+    "report": "one HTML report of one or more run folders (several seeds: mean and spread)",
 }
 
 
@@ -32,7 +33,7 @@ def usage() -> str:
              "commands:"]
     lines += [f"  {name:<{width}}{what} (python -m trainer {name})" for name, what in TRAINER.items()]
     lines += [f"  {name:<{width}}{what} ({cmd})" for name, (cmd, what) in SERVICES.items()]
-    lines += ["", "Any other command goes to the trainer as well (lasro report ... = python -m trainer report ...).",
+    lines += ["", "Any other command goes to the trainer as well (lasro X ... = python -m trainer X ...).",
               "Every flag is also an environment variable (REWARD_*, SURROGATE_*, TRAINER_*); docs/configuration.md."]
     return "\n".join(lines)
 
