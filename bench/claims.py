@@ -41,7 +41,7 @@ from .common import RESULTS, print_table
 METHODS = ("lasro", "lasro_frozen", "lasro_onpolicy", "lasro_cnn", "lasro_2step_only", "rlcm", "dpo", "refl",
            "lasro_diff")
 CHECKER, TOY_CLIP = "toy_attribute_binding", "toy_clip"
-# RLCM and DPO at LaSRO's lr (5e-5, full fine-tuning) fall apart (quick run: RLCM 0.866 -> 0.585,
+# RLCM and DPO at LaSRO's lr (5e-5, full fine-tuning) fall apart (2,048-query quick run at commit 05450f0: RLCM 0.866 -> 0.585,
 # DPO -> 0.727); at 1e-5 RLCM gains (+0.026) and DPO loses less (-0.045): bench/results/sweep_quick.json.
 # They run at the better of the two.
 BASELINE_LR = 1e-5
