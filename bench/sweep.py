@@ -20,7 +20,8 @@ import os
 from .claims import SCALES, _keep_grids, _key, plan, run_cell
 from .common import RESULTS, print_table
 
-# name -> TrainConfig overrides. `base` is the demo's setting.
+# name -> TrainConfig overrides (and, under "surrogate_env", the learner's SURROGATE_* settings,
+# which only LaSRO methods have). `base` is the demo's setting.
 VARIANTS: dict[str, dict] = {
     "base": {},
     "c10": {"c": 10.0},
@@ -28,6 +29,12 @@ VARIANTS: dict[str, dict] = {
     "lr2e-4": {"lr": 2e-4},
     "lr1e-5": {"lr": 1e-5},
     "lr2e-6": {"lr": 2e-6},
+    "lr2e-5": {"lr": 2e-5},
+    # the learner's replay ratio (a surrogate setting, LaSRO only): 4 optimiser steps per new group
+    "upg4": {"surrogate_env": {"SURROGATE_UPDATES_PER_GROUP": "4"}},
+    # an "oracle" surrogate: pre-trained on 8x the groups (4,096 = 32,768 queries, over the budget),
+    # to see what a better R_psi buys with the rest unchanged. Not a same-cost comparison.
+    "pre4096": {"pretrain_groups": 4096},
     "c10_lr2e-4": {"c": 10.0, "lr": 2e-4},
     "c1_lr2e-4": {"c": 1.0, "lr": 2e-4},
     "lcm_reg": {"regularizer": "lcm", "c": 1.0},
@@ -56,7 +63,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for variant in [] if a.table_only else a.variants:
         for method in a.methods:
             p = plan(method, scale)
-            p["train"] = {**p.get("train", {}), **VARIANTS[variant]}
+            over = dict(VARIANTS[variant])
+            senv = over.pop("surrogate_env", {})
+            if senv and "surrogate_env" not in p:
+                print(f"[sweep] {variant} {method}: skipped (a learner setting; {method} has no surrogate)")
+                continue
+            p["train"] = {**p.get("train", {}), **over}
+            if senv:
+                p["surrogate_env"] = {**p["surrogate_env"], **senv}
             for seed in a.seeds:
                 path = cells / f"{variant}-{method}-s{seed}.json"
                 if path.exists() and json.loads(path.read_text()).get("key") == _key(p):

@@ -13,7 +13,7 @@ import httpx
 
 from . import PROTOCOL_HEADER, PROTOCOL_VERSION
 from .errors import ServiceError, ServiceUnavailable
-from .transport import FastTransport
+from .transport import MAX_BYTES, FastTransport, ReplyTooLarge  # noqa: F401 - ReplyTooLarge re-exported
 
 RETRY_STATUS = frozenset({429, 503})
 
@@ -63,7 +63,11 @@ class SyncClient(_Base):
         self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout,
                                   transport=FastTransport())
 
-    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def request(self, method: str, path: str, *, max_bytes: int | None = None, **kw: Any) -> httpx.Response:
+        """`max_bytes`: read at most this many bytes of the reply, else raise `ReplyTooLarge`
+        without reading the rest (for peers we do not trust)."""
+        if max_bytes is not None:
+            kw["extensions"] = {**kw.get("extensions", {}), MAX_BYTES: max_bytes}
         delays = _delays(self.retries, self.backoff, self.max_backoff)
         while True:
             try:

@@ -16,6 +16,12 @@ import threading
 
 import httpx
 
+MAX_BYTES = "lasro_max_bytes"  # request extension: the most reply bytes to read (untrusted peers)
+
+
+class ReplyTooLarge(httpx.HTTPError):
+    """A reply over the request's MAX_BYTES extension; the rest of it is not read."""
+
 
 class FastTransport(httpx.BaseTransport):
     """Keep-alive `http.client` connections, one per (thread, scheme, host, port)."""
@@ -47,6 +53,7 @@ class FastTransport(httpx.BaseTransport):
         t = request.extensions.get("timeout", {})
         timeout = max((v for v in (t.get("connect"), t.get("read"), t.get("write")) if v is not None), default=None)
         body = request.read()
+        cap = request.extensions.get(MAX_BYTES)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
         target = request.url.raw_path.decode("ascii")
         for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile is retried once
@@ -65,7 +72,7 @@ class FastTransport(httpx.BaseTransport):
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     conn.endheaders(body or None)  # two sends, headers then body: no copy of the body
                 resp = conn.getresponse()
-                content = resp.read()
+                content = resp.read() if cap is None else self._read_capped(resp, cap, request)
             except (ConnectionRefusedError, socket.gaierror) as e:
                 self._drop(request.url)
                 raise httpx.ConnectError(str(e), request=request) from e
@@ -85,6 +92,17 @@ class FastTransport(httpx.BaseTransport):
             return httpx.Response(resp.status, headers=resp.getheaders(), content=content,
                                   extensions={"http_version": b"HTTP/1.1"}, request=request)
         raise AssertionError("unreachable")
+
+    def _read_capped(self, resp: http.client.HTTPResponse, cap: int, request: httpx.Request) -> bytes:
+        """At most `cap` bytes of the body, or ReplyTooLarge (and the connection dropped unread)."""
+        declared = resp.getheader("content-length", "")
+        over = declared.isdigit() and int(declared) > cap
+        content = b"" if over else resp.read(cap + 1)  # +1: tells "exactly cap" from "more"
+        if over or len(content) > cap:
+            self._drop(request.url)
+            size = f"declares {int(declared):,} bytes," if over else "is"
+            raise ReplyTooLarge(f"{request.url}: the reply {size} over the limit of {cap:,} bytes")
+        return content
 
     def close(self) -> None:
         for conn in self._local.__dict__.get("pool", {}).values():

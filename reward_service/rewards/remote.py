@@ -46,7 +46,8 @@ class RemoteReward(Reward):
 
     def __init__(self, name: str, url: str, *, token: str | None = None, timeout: float = 120.0,
                  upstream_reward: str | None = None, fields: dict[str, Any] | None = None,
-                 score_key: str | None = None, jpeg_quality: int = 75, batch_size: int = 64):
+                 score_key: str | None = None, jpeg_quality: int = 75, batch_size: int = 64,
+                 max_reply_mb: float = 8.0):
         self.dialect = "flow_grpo" if url.startswith(FLOW_GRPO) else "json"
         url = url.removeprefix(FLOW_GRPO)
         if not url.startswith(("http://", "https://")):
@@ -56,6 +57,9 @@ class RemoteReward(Reward):
             raise ValueError(f"remote reward {name!r}: jpeg_quality must be 1..95, got {jpeg_quality}")
         if batch_size < 1:
             raise ValueError(f"remote reward {name!r}: batch_size must be >= 1, got {batch_size}")
+        if not max_reply_mb > 0:
+            raise ValueError(f"remote reward {name!r}: max_reply_mb must be > 0, got {max_reply_mb}")
+        self.max_reply_bytes = int(max_reply_mb * 2**20)  # a reply is read up to this, then refused
         self.name, self.url, self.token, self.timeout = name, url, token, timeout
         self.upstream_reward = upstream_reward
         self.fields = {"only_strict": True} if fields is None else dict(fields)
@@ -94,7 +98,7 @@ class RemoteReward(Reward):
 
     def _post(self, **kw: Any) -> httpx.Response:
         try:
-            return self._client.request("POST", self._path, **kw)
+            return self._client.request("POST", self._path, max_bytes=self.max_reply_bytes, **kw)
         except (httpx.HTTPError, ServiceError) as e:
             raise RemoteRewardError(f"remote reward {self.name!r} at {self.url}: {str(e)[-300:]}") from None
 

@@ -5,9 +5,12 @@ server written in their style; pickles that would run code are refused without r
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import pickle
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import numpy as np
@@ -225,6 +228,53 @@ def test_remote_reads_outputs_or_a_named_key_and_refuses_a_hostile_reply(serve, 
                 assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error", (name, r.text)
                 assert words in r.json()["error"]["message"], (name, r.text)
     assert not (tmp_path / "x").exists()
+
+
+@contextlib.contextmanager
+def _endless_json():
+    """A JSON endpoint whose reply has no Content-Length and never ends (until the client hangs up)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            try:
+                self.wfile.write(b'{"scores": [1.0, 1.0], "pad": "')
+                while True:
+                    self.wfile.write(b"x" * 65536)
+            except OSError:  # the client stopped reading
+                pass
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_remote_reply_over_the_size_limit_is_refused_both_forms(serve):
+    big = pickle.dumps({"scores": [1.0, 1.0], "pad": b"x" * (3 << 19)})  # 1.5 MiB
+    small = pickle.dumps({"scores": [1.0, 2.0], "pad": b"x" * (1 << 19)})  # 0.5 MiB
+    with their_server(raw_reply=big) as a, their_server(raw_reply=small) as b, _endless_json() as c:
+        url = _serve(serve, rewards=[Mean()],
+                     remote=[f"big=flow_grpo+{a['url']}", f"small=flow_grpo+{b['url']}", f"bigjson={c}/score"],
+                     reward_options={n: {"max_reply_mb": 1} for n in ("big", "small", "bigjson")})
+        images = _images(2).transpose(0, 3, 1, 2)
+        with RewardClient(url, retries=0) as rc:
+            assert rc.score(images, reward="small").scores.tolist() == [1.0, 2.0]
+        for name in ("big", "bigjson"):
+            r = httpx.post(f"{url}/score", json={"images": [base64.b64encode(j).decode() for j in
+                                                            jpeg_batch(_images(2))], "reward": name})
+            assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error", (name, r.text)
+            assert "over the limit of 1,048,576 bytes" in r.json()["error"]["message"], (name, r.text)
 
 
 def test_remote_options_are_checked_at_start(serve):
