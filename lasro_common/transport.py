@@ -95,6 +95,11 @@ class FastTransport(httpx.BaseTransport):
 
     def _read_capped(self, resp: http.client.HTTPResponse, cap: int, request: httpx.Request) -> bytes:
         """At most `cap` bytes of the body, or ReplyTooLarge (and the connection dropped unread)."""
+        encoding = resp.getheader("content-encoding", "identity").strip().lower()
+        if encoding != "identity":  # we send no Accept-Encoding: a compressed reply could inflate past the cap
+            self._drop(request.url)
+            raise ReplyTooLarge(f"{request.url}: the reply is {encoding}-encoded, which was not asked for "
+                                f"(a reply with a size limit of {cap:,} bytes must come uncompressed)")
         declared = resp.getheader("content-length", "")
         over = declared.isdigit() and int(declared) > cap
         content = b"" if over else resp.read(cap + 1)  # +1: tells "exactly cap" from "more"

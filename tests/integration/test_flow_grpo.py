@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import io
+import json
 import os
 import pickle
 import threading
@@ -236,9 +238,16 @@ def _endless_json():
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            if body.get("reward") == "gzip":  # a small gzip body (a bomb would be small too): refused unread
+                reply = gzip.compress(b'{"scores": [1.0, 1.0]}')
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+                return
             self.end_headers()
             try:
                 self.wfile.write(b'{"scores": [1.0, 1.0], "pad": "')
@@ -265,8 +274,10 @@ def test_remote_reply_over_the_size_limit_is_refused_both_forms(serve):
     small = pickle.dumps({"scores": [1.0, 2.0], "pad": b"x" * (1 << 19)})  # 0.5 MiB
     with their_server(raw_reply=big) as a, their_server(raw_reply=small) as b, _endless_json() as c:
         url = _serve(serve, rewards=[Mean()],
-                     remote=[f"big=flow_grpo+{a['url']}", f"small=flow_grpo+{b['url']}", f"bigjson={c}/score"],
-                     reward_options={n: {"max_reply_mb": 1} for n in ("big", "small", "bigjson")})
+                     remote=[f"big=flow_grpo+{a['url']}", f"small=flow_grpo+{b['url']}", f"bigjson={c}/score",
+                             f"gzipped={c}/score"],
+                     reward_options={"gzipped": {"upstream_reward": "gzip"},
+                                     **{n: {"max_reply_mb": 1} for n in ("big", "small", "bigjson")}})
         images = _images(2).transpose(0, 3, 1, 2)
         with RewardClient(url, retries=0) as rc:
             assert rc.score(images, reward="small").scores.tolist() == [1.0, 2.0]
@@ -275,6 +286,9 @@ def test_remote_reply_over_the_size_limit_is_refused_both_forms(serve):
                                                             jpeg_batch(_images(2))], "reward": name})
             assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error", (name, r.text)
             assert "over the limit of 1,048,576 bytes" in r.json()["error"]["message"], (name, r.text)
+        r = httpx.post(f"{url}/score", json={"images": [base64.b64encode(j).decode() for j in
+                                                        jpeg_batch(_images(2))], "reward": "gzipped"})
+        assert r.status_code == 502 and "gzip-encoded, which was not asked for" in r.text, r.text
 
 
 def test_remote_options_are_checked_at_start(serve):
