@@ -5,13 +5,14 @@ at ONE true-reward query budget (pre-training counts), several seeds.
     python -m bench.claims --quick         # one seed, a small budget: <= 10 min on 2 cores, same schema
     python -m bench.claims --methods rlcm dpo --seeds 0
     python -m bench.claims --docs-only     # re-render docs/claims.md from the cached cells
+    python -m bench.claims --quick --rerun # run the cells again instead of using the committed ones
 
 Each (method, seed) cell runs in its own processes (reward service, and for LaSRO variants a
 private redis-server and the surrogate service), writes its result to
 bench/results/claims/<mode>/<method>-s<seed>.json and is skipped when that file exists with
 the same settings: a run interrupted anywhere resumes at the first missing cell, and finished
-cells can be committed as they come. The summary is bench/results/claims.json (claims_quick.json
-for --quick) and docs/claims.md (table, reward-vs-queries plot, 2-step grids on the same seeds).
+cells can be committed as they come. The summary is bench/results/claims.json and docs/claims.md (table, reward-vs-queries plot,
+2-step grids on the same seeds); --quick writes bench/results/claims_quick.json and .md instead.
 
 Methods (docs/claims.md says what each one is):
     lasro             the demo's LaSRO (pre-training + fine-tuning with online adaptation)
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 (quick: 0)")
     ap.add_argument("--work", type=Path, default=Path("runs/claims"), help="run folders (not results)")
     ap.add_argument("--docs-only", action="store_true", help="render docs/claims.md from the cached cells")
+    ap.add_argument("--rerun", action="store_true", help="run every cell again, even when a cached one matches")
     a = ap.parse_args(argv)
     mode = "quick" if a.quick else "full"
     scale = SCALES[mode]
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
             for method in a.methods:
                 p = plan(method, scale)
                 path = cells / f"{method}-s{seed}.json"
-                if path.exists() and json.loads(path.read_text()).get("key") == _key(p):
+                if not a.rerun and path.exists() and json.loads(path.read_text()).get("key") == _key(p):
                     print(f"[claims] {method} seed {seed}: cached ({path})")
                     continue
                 print(f"[claims] {method} seed {seed}: budget {scale['budget']} queries, {p}", flush=True)
@@ -218,8 +220,11 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(f"claims ({mode}): held-out true reward at {scale['budget']} queries", rows,
                 ["method", "reward", "seeds", "before_2step", "after_2step", "gain_2step", "after_1step", "gain_1step",
                  "queries", "wall_s"])
-    if runs:  # the page shows the latest results, full or quick, and says which
-        write_docs(result, Path("docs/claims.md"), Path("docs/img/claims"))
+    if runs:  # the full run renders the docs page; --quick a page of its own next to its results
+        if mode == "full":
+            print(f"wrote {write_docs(result, Path('docs/claims.md'), Path('docs/img/claims'))}")
+        else:
+            print(f"wrote {write_docs(result, RESULTS / 'claims_quick.md', cells / 'img')}")
     return result
 
 
