@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
                 cell = run_cell(method, seed, p, Path(a.work) / a.scale / f"{variant}-{method}-s{seed}")
                 cell = {**_keep_grids(cell, f"../sweep/{a.scale}"), "variant": variant}
+                if cell.get("grid_after"):  # the 'before' grid is every variant's; the 'after' one is this cell's
+                    after = Path(cell["grid_after"])
+                    cell["grid_after"] = str(after.replace(after.with_name(f"{variant}-{after.name}")))
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(cell, indent=2))
                 os.replace(tmp, path)
