@@ -11,8 +11,7 @@ import io
 import json
 import os
 import pickle
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import numpy as np
@@ -25,7 +24,7 @@ from reward_service.app import create_app
 from reward_service.client import RewardClient
 from reward_service.rewards import Reward
 from reward_service.settings import RewardSettings
-from tests.flow_grpo_peer import brightness, jpeg_batch, their_client, their_server
+from tests.flow_grpo_peer import brightness, http_server, jpeg_batch, their_client, their_server
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -259,14 +258,8 @@ def _endless_json():
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Handler) as url:
+        yield url
 
 
 def test_remote_reply_over_the_size_limit_is_refused_both_forms(serve):
