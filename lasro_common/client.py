@@ -13,7 +13,7 @@ import httpx
 
 from . import PROTOCOL_HEADER, PROTOCOL_VERSION
 from .errors import ServiceError, ServiceUnavailable
-from .transport import MAX_BYTES, FastTransport, ReplyTooLarge  # noqa: F401 - ReplyTooLarge re-exported
+from .transport import MAX_BYTES, FastTransport
 
 RETRY_STATUS = frozenset({429, 503})
 
@@ -64,7 +64,7 @@ class SyncClient(_Base):
                                   transport=FastTransport())
 
     def request(self, method: str, path: str, *, max_bytes: int | None = None, **kw: Any) -> httpx.Response:
-        """`max_bytes`: read at most this many bytes of the reply, else raise `ReplyTooLarge`
+        """`max_bytes`: read at most this many bytes of the reply, else raise transport.ReplyTooLarge
         without reading the rest (for peers we do not trust)."""
         if max_bytes is not None:
             kw["extensions"] = {**kw.get("extensions", {}), MAX_BYTES: max_bytes}
