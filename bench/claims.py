@@ -142,12 +142,13 @@ def run_cell(method: str, seed: int, p: dict, work: Path) -> dict:
             "n_noises": p["n_noises"], "eval_seeds": p["eval_seeds"], "iterations": p["iterations"],
             "eval_every": p["eval_every"], "checkpoint_every": p["iterations"] or 1, "out": work / "train",
             "progress": True}
-    pre_q = 0
+    pre_q, pre_acc = 0, None
     with _services(work, p, surrogate=p["kind"] == "lasro") as urls:
         if p["kind"] == "lasro":
             cfg = TrainConfig(**{**base, **urls, "adapt_every": p["adapt_every"], "pretrain_groups": p["pretrain_groups"],
                                  "pretrain_accuracy": 1.0, **p["train"]})  # 1.0: spend the whole pre-training budget
-            pre_q = pretrain(cfg)["queries"]
+            pre = pretrain(cfg)
+            pre_q, pre_acc = pre["queries"], pre.get("heldout_pair_accuracy")
             summary = train(cfg)
         elif p["kind"] == "refl":
             cfg = TrainConfig(**{**base, **urls, "grad_source": "true", "redis_url": None, **p.get("train", {})})
@@ -166,7 +167,9 @@ def run_cell(method: str, seed: int, p: dict, work: Path) -> dict:
             "queries_pretrain": pre_q, "wall_s": time.perf_counter() - t0,
             "before": summary["before"], "after": summary["after"],
             "before_std": summary["before_std"], "after_std": summary["after_std"], "curve": curve,
-            "grad_cosine": cosine, "settings": p, "key": _key(p), "grid_before": str(grids[0]) if grids else None,
+            "grad_cosine": cosine, "pretrain_accuracy": pre_acc,  # R_psi's held-out pair accuracy
+            "learner_accuracy": [[pre_q + int(r.get("queries", 0)), r["learner_accuracy"]] for r in evals
+                                 if r.get("learner_accuracy") is not None], "settings": p, "key": _key(p), "grid_before": str(grids[0]) if grids else None,
             "grid_after": str(grids[-1]) if grids else None}
 
 

@@ -96,13 +96,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      "gain_2step": r["after"]["2step"] - r["before"]["2step"],
                      "before_1step": r["before"]["1step"], "after_1step": r["after"]["1step"],
                      "gain_1step": r["after"]["1step"] - r["before"]["1step"],
-                     "best_2step": max(c[1] for c in r["curve"]), "queries": r["queries"], "wall_s": r["wall_s"]})
+                     "best_2step": max(c[1] for c in r["curve"]), "queries": r["queries"], "wall_s": r["wall_s"],
+                     "pretrain_acc": r.get("pretrain_accuracy"),  # R_psi's held-out pair accuracy (cells since 3a43108)
+                     "learner_acc": [a for _, a in r.get("learner_accuracy", [])]})
     rows.sort(key=lambda r: (r["method"], list(VARIANTS).index(r["variant"]) if r["variant"] in VARIANTS else 99))
     out = RESULTS / f"sweep_{a.scale}.json"
     out.write_text(json.dumps({"scale": scale, "variants": VARIANTS, "rows": rows}, indent=2))
     print_table(f"sweep ({a.scale}): held-out true reward, budget {scale['budget']} queries", rows,
                 ["variant", "method", "seed", "before_2step", "after_2step", "gain_2step", "best_2step",
-                 "after_1step", "gain_1step", "wall_s"])
+                 "after_1step", "gain_1step", "pretrain_acc", "wall_s"])
     print(f"wrote {out}")
     return rows
 
